@@ -1,0 +1,44 @@
+# systolic8 - every target installs what it needs first (`make setup` is implied).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ROWS ?= 8
+COLS ?= 8
+ACC_DEPTH ?= 512
+# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot.
+EXTRAS ?= torch,fpga,plot
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup test test-fast sim verilog clean help
+
+help:
+	@echo "make setup    create .venv and install everything (iverilog via apt when root)"
+	@echo "make test     the whole suite: unit, golden, Amaranth-sim and cocotb on Icarus + Verilator"
+	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
+	@echo "make verilog  Verilog + JSON for the engine in build/ (ROWS=, COLS= override; default 8x8)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@bash tools/check_system.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not cocotb" tests
+
+sim: $(STAMP)
+	$(PY) -m sim.run_suite -n $(PYTEST_WORKERS)
+
+verilog: $(STAMP)
+	$(PY) -m hw.generate --rows $(ROWS) --cols $(COLS) --acc-depth $(ACC_DEPTH) --out build
+
+clean:
+	rm -rf build sim_build .pytest_cache

@@ -1,0 +1,127 @@
+"""Verilog generation for the engine (and later the whole accelerator), with a JSON description beside it.
+
+``python -m hw.generate --rows 8 --cols 8 --out build`` writes ``build/gemm_engine_8x8.v`` and
+``build/gemm_engine_8x8.json`` (parameters, latency figures, ports). Generation is cached: the output is rewritten
+only when the parameters or the hardware sources change (a hash of both is stored in the JSON), so test suites and
+simulator builds that depend on the file never redo work for an unchanged design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["generate_engine", "hardware_source_hash", "describe_ports"]
+
+HW_DIR = Path(__file__).resolve().parent
+
+
+def hardware_source_hash() -> str:
+    """SHA-256 over every hardware source file: part of each generated file's cache key."""
+    digest = hashlib.sha256()
+    for path in sorted(HW_DIR.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def describe_ports(component) -> list[dict]:
+    """Flattened Verilog ports of a Component: name, direction and width."""
+    ports = []
+    for path, member, value in component.signature.flatten(component):
+        name = "__".join(str(p) for p in path)
+        ports.append({"name": name, "direction": "input" if member.flow.name == "In" else "output",
+                      "width": len(value.as_value()) if hasattr(value, "as_value") else len(value)})
+    return ports
+
+
+def describe_layout(layout, prefix="", offset=0) -> list[dict]:
+    """Bit fields of a (nested) struct/array layout: name, least significant bit, width, signedness."""
+    from amaranth import Shape
+    from amaranth.lib import data
+
+    fields = []
+    if isinstance(layout, (data.StructLayout, data.ArrayLayout)):
+        for key, field in layout:
+            name = f"{prefix}.{key}" if prefix and isinstance(key, str) else (f"{prefix}[{key}]" if prefix else str(key))
+            fields += describe_layout(field.shape, name, offset + field.offset)
+    else:
+        shape = Shape.cast(layout)
+        fields.append({"field": prefix, "lsb": offset, "width": shape.width, "signed": shape.signed})
+    return fields
+
+
+def _cached(out_v: Path, out_json: Path, key: str) -> bool:
+    if not (out_v.exists() and out_json.exists()):
+        return False
+    try:
+        return json.loads(out_json.read_text()).get("cache_key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=False) -> tuple[Path, Path]:
+    """Write the GEMM engine's Verilog and JSON description; returns their paths."""
+    from .gemm_engine import GemmEngine, matmul_command_layout, store_command_layout
+
+    engine = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth)  # validates the parameters first
+    out_dir = Path(out_dir)
+    name = f"gemm_engine_{rows}x{cols}"
+    out_v, out_json = out_dir / f"{name}.v", out_dir / f"{name}.json"
+    params = {"rows": rows, "cols": cols, "acc_depth": acc_depth}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + hardware_source_hash().encode()).hexdigest()
+    if not force and _cached(out_v, out_json, key):
+        return out_v, out_json
+    from amaranth.back import verilog
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(engine, name="gemm_engine")
+    description = {
+        "design": "gemm_engine",
+        "toplevel": "gemm_engine",
+        "parameters": params,
+        "latency": {
+            "pipeline_depth": engine.pipeline_depth,
+            "matmul_latency": f"count + {2 * rows + cols + 2}",
+            "min_overlapped_count": engine.min_overlapped_count,
+            "store_latency": engine.store_latency,
+        },
+        "ports": [{"name": "clk", "direction": "input", "width": 1},
+                  {"name": "rst", "direction": "input", "width": 1}] + describe_ports(engine),
+        "payload_layouts": {
+            "mm_cmd": describe_layout(matmul_command_layout(acc_depth)),
+            "st_cmd": describe_layout(store_command_layout(acc_depth, cols)),
+        },
+        "cache_key": key,
+    }
+    tmp = out_v.with_suffix(".v.tmp")
+    tmp.write_text(text)
+    tmp.replace(out_v)
+    out_json.write_text(json.dumps(description, indent=2) + "\n")
+    return out_v, out_json
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--cols", type=int, default=8)
+    parser.add_argument("--acc-depth", type=int, default=512)
+    parser.add_argument("--out", default="build")
+    parser.add_argument("--force", action="store_true", help="regenerate even if the cached output is current")
+    args = parser.parse_args(argv)
+    try:
+        paths = generate_engine(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth, out_dir=args.out,
+                                force=args.force)
+    except (TypeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

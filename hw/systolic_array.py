@@ -1,0 +1,89 @@
+"""The weight-stationary systolic array: ``rows x cols`` processing elements."""
+
+from amaranth import Module, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .pe import ProcessingElement, activation_token, check_widths
+
+__all__ = ["SystolicArray", "check_array_size"]
+
+
+def check_array_size(rows, cols):
+    for name, value in (("Row count", rows), ("Column count", cols)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+class SystolicArray(wiring.Component):
+    """A ``rows x cols`` grid of :class:`ProcessingElement`: activations move right, partial sums move down.
+
+    PE ``(r, c)`` holds weight ``W[r, c]``. An activation vector ``x`` (one element per row) entered *skewed* - row
+    ``r`` at cycle ``t + r`` - produces ``sum_r x[r] * W[r, c]`` at the bottom of column ``c`` at cycle
+    ``t + rows + c``: the output is skewed the same way. The skew and de-skew registers live in the GEMM engine.
+
+    Weights are written one array row per cycle into the idle bank (``w_row``, ``w_bank``, ``w_data``, ``w_we``);
+    activations name the bank they use, so the next tile's weights load while the current tile computes.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array size. ``rows`` is the reduction (K) depth of one pass, ``cols`` the number of output channels.
+    a_width, w_width, acc_width : int
+        Operand and partial-sum widths (see :class:`ProcessingElement`).
+
+    Members
+    -------
+    a_in : In(ArrayLayout(activation_token, rows))
+        Row ``r``'s activation token, entering PE ``(r, 0)``.
+    psum_out : Out(ArrayLayout(signed(acc_width), cols))
+        Column sums from the bottom row (registered).
+    w_data : In(ArrayLayout(signed(w_width), cols)); w_row : In(range(rows)); w_bank, w_we : In(1)
+        Weight write port: one array row per cycle.
+
+    Latency: ``rows + c`` cycles from row 0's token to column ``c``'s sum (see :meth:`column_latency`).
+    Throughput: one activation vector per cycle; ``rows * cols`` MACs per cycle. No flow control.
+    """
+
+    def __init__(self, *, rows, cols, a_width=8, w_width=8, acc_width=32):
+        check_array_size(rows, cols)
+        check_widths(a_width, w_width, acc_width)
+        self._rows, self._cols = rows, cols
+        self._a_width, self._w_width, self._acc_width = a_width, w_width, acc_width
+        super().__init__({
+            "a_in": In(data.ArrayLayout(activation_token(a_width), rows)),
+            "psum_out": Out(data.ArrayLayout(signed(acc_width), cols)),
+            "w_data": In(data.ArrayLayout(signed(w_width), cols)),
+            "w_row": In(range(rows)),
+            "w_bank": In(1),
+            "w_we": In(1),
+        })
+
+    rows = property(lambda self: self._rows)
+    cols = property(lambda self: self._cols)
+    acc_width = property(lambda self: self._acc_width)
+
+    def column_latency(self, col):
+        """Cycles from a vector's row-0 entry to its sum leaving the bottom of column ``col``."""
+        if not 0 <= col < self._cols:
+            raise ValueError(f"Column must lie in [0, {self._cols}), not {col!r}")
+        return self._rows + col
+
+    def elaborate(self, platform):
+        m = Module()
+        pes = [[ProcessingElement(a_width=self._a_width, w_width=self._w_width, acc_width=self._acc_width)
+                for _ in range(self._cols)] for _ in range(self._rows)]
+        for r in range(self._rows):
+            for c in range(self._cols):
+                pe = pes[r][c]
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [
+                    pe.a_in.eq(self.a_in[r] if c == 0 else pes[r][c - 1].a_out),
+                    pe.psum_in.eq(0 if r == 0 else pes[r - 1][c].psum_out),
+                    pe.w_data.eq(self.w_data[c]),
+                    pe.w_bank.eq(self.w_bank),
+                    pe.w_we.eq(self.w_we & (self.w_row == r)),
+                ]
+        for c in range(self._cols):
+            m.d.comb += self.psum_out[c].eq(pes[self._rows - 1][c].psum_out)
+        return m
