@@ -1,0 +1,237 @@
+"""AXI4 memory master: word-granular read and write commands in, INCR bursts out.
+
+The accelerator's DMA engines describe transfers as "``beats`` bus words starting at ``addr``"; this block turns each
+command into AXI4 INCR bursts of at most ``max_burst`` beats that never cross a 4 KiB boundary, and returns the data
+(reads) or one completion (writes) on typed streams.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .axi import AXI4Signature, AXIBurst, _check_data_width
+
+__all__ = ["AXI4Master"]
+
+_PAGE_BYTES = 4096
+#: ``AxCACHE`` for normal non-cacheable bufferable memory, what Xilinx recommends for HP/ACP masters.
+_CACHE_NORMAL_BUFFERABLE = 0b0011
+
+
+class AXI4Master(wiring.Component):
+    """AXI4 master that executes word-granular read and write commands as INCR bursts.
+
+    Parameters
+    ----------
+    addr_width : int
+        Byte-address width of the bus, 12 to 64.
+    data_width : int
+        Bus data width in bits: 32, 64, 128 or 256. A *word* is one bus beat of ``data_width // 8`` bytes.
+    max_burst : int
+        Longest burst issued, 1 to 256 beats (use 16 for an AXI3 port such as the Zynq-7000 HP ports).
+
+    Members
+    -------
+    bus : Out(AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=1))
+        The master port. Every burst is INCR with full-width beats (``size`` = log2(data_width / 8)), ID 0,
+        ``cache`` 0b0011, ``prot`` 0, ``lock`` 0, ``qos`` 0.
+    rd_cmd : In(stream.Signature(StructLayout({"addr": addr_width, "beats": beats_width})))
+        Read ``beats`` words from byte address ``addr``. ``addr`` must be word aligned: its low
+        log2(data_width / 8) bits are ignored. A zero-beat command is accepted and produces nothing.
+    rd_data : Out(stream.Signature(StructLayout({"data": data_width, "last": 1, "error": 1})))
+        One payload per word, in address order. ``last`` marks the final word of a command; ``error`` is set on a
+        word whose RRESP was SLVERR or DECERR (its data is whatever the slave returned).
+    wr_cmd : In(stream.Signature(StructLayout({"addr": addr_width, "beats": beats_width})))
+        Write ``beats`` words to byte address ``addr`` (word aligned as for ``rd_cmd``).
+    wr_data : In(stream.Signature(StructLayout({"data": data_width, "strb": data_width // 8})))
+        The words of the current write command, in address order, each with its byte strobes. Only accepted while a
+        write command is in progress.
+    wr_resp : Out(stream.Signature(StructLayout({"error": 1})))
+        One payload per write command (zero-beat ones included), after the B responses of all its bursts;
+        ``error`` is set if any of them was SLVERR or DECERR.
+    busy, rd_busy, wr_busy : Out(1)
+        A read command (``rd_busy``), a write command (``wr_busy``) or either (``busy``) is in progress.
+
+    ``beats_width`` is ``addr_width - log2(data_width / 8) + 1``, enough for a command spanning the address space.
+
+    Latency, throughput and flow control
+    ------------------------------------
+    The first ``ARVALID``/``AWVALID`` of a command rises :attr:`address_latency` cycles after the command handshake;
+    later bursts follow back to back, without waiting for data or responses (no limit on outstanding bursts other
+    than the slave's ``ready``). R beats pass combinationally to ``rd_data`` (``r.ready`` is ``rd_data.ready``
+    while a command expects words) and ``wr_data`` to W (``wr_data.ready`` is ``w.ready``), so both directions
+    move one word per cycle and honour back-pressure from either side; no ``valid`` depends on a ``ready``. A new
+    command of a direction is accepted one cycle after the previous one of that direction completes; reads and
+    writes run independently. Error responses never stop a command: every word is still transferred and reported.
+    Measured (tests): a 1024-word read or write with a stall-free slave takes 1029-1030 cycles.
+    """
+
+    def __init__(self, *, addr_width: int = 32, data_width: int = 64, max_burst: int = 16):
+        if not isinstance(addr_width, int) or isinstance(addr_width, bool) or not 12 <= addr_width <= 64:
+            raise ValueError(f"Address width must be an integer from 12 to 64, not {addr_width!r}")
+        _check_data_width(data_width)
+        if not isinstance(max_burst, int) or isinstance(max_burst, bool) or not 1 <= max_burst <= 256:
+            raise ValueError(f"Maximum burst length must be an integer from 1 to 256 beats, not {max_burst!r}")
+        self._addr_width = addr_width
+        self._data_width = data_width
+        self._max_burst = max_burst
+        self._offset_bits = (data_width // 8).bit_length() - 1
+        beats_shape = unsigned(addr_width - self._offset_bits + 1)
+        cmd = data.StructLayout({"addr": addr_width, "beats": beats_shape})
+        super().__init__({
+            "bus": Out(AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=1)),
+            "rd_cmd": In(stream.Signature(cmd)),
+            "rd_data": Out(stream.Signature(data.StructLayout({"data": data_width, "last": 1, "error": 1}))),
+            "wr_cmd": In(stream.Signature(cmd)),
+            "wr_data": In(stream.Signature(data.StructLayout({"data": data_width, "strb": data_width // 8}))),
+            "wr_resp": Out(stream.Signature(data.StructLayout({"error": 1}))),
+            "busy": Out(1),
+            "rd_busy": Out(1),
+            "wr_busy": Out(1),
+        })
+
+    addr_width = property(lambda self: self._addr_width)
+    data_width = property(lambda self: self._data_width)
+    max_burst = property(lambda self: self._max_burst)
+
+    @property
+    def bytes_per_word(self) -> int:
+        return self._data_width // 8
+
+    @property
+    def beats_width(self) -> int:
+        """Width of the ``beats`` field of ``rd_cmd`` / ``wr_cmd``."""
+        return self._addr_width - self._offset_bits + 1
+
+    @property
+    def address_latency(self) -> int:
+        """Cycles from a command handshake to the first ``ARVALID`` / ``AWVALID`` of that command."""
+        return 2
+
+    @property
+    def page_words(self) -> int:
+        """Words in a 4 KiB page: no burst crosses a multiple of this word address."""
+        return _PAGE_BYTES // self.bytes_per_word
+
+    def _address_channel(self, m, name: str, channel, active, start_word, start_beats, start):
+        """Issue the bursts of a command on ``channel``; returns (all bursts issued, handshake this cycle)."""
+        word_bits = self._addr_width - self._offset_bits
+        page_bits = self.page_words.bit_length() - 1
+        word = Signal(word_bits, name=f"{name}_word")      # word address of the next burst
+        left = Signal(self.beats_width, name=f"{name}_left")  # words not yet covered by an issued burst
+
+        to_page = Signal(range(self.page_words + 1), name=f"{name}_to_page")
+        limit = Signal(range(max(self.page_words, self._max_burst) + 1), name=f"{name}_limit")
+        burst = Signal(range(max(self.page_words, self._max_burst) + 1), name=f"{name}_burst")
+        m.d.comb += [
+            to_page.eq(self.page_words - word[:page_bits]),
+            limit.eq(Mux(to_page < self._max_burst, to_page, self._max_burst)),
+            burst.eq(Mux(left < limit, left, limit)),
+        ]
+
+        m.d.comb += [
+            channel.id.eq(0),
+            channel.size.eq(self._offset_bits),
+            channel.burst.eq(AXIBurst.INCR),
+            channel.lock.eq(0),
+            channel.cache.eq(_CACHE_NORMAL_BUFFERABLE),
+            channel.prot.eq(0),
+            channel.qos.eq(0),
+        ]
+        handshake = channel.valid & channel.ready
+        # The address registers reload in the cycle a burst is accepted, so bursts can go back to back.
+        with m.If(start):
+            m.d.sync += [word.eq(start_word), left.eq(start_beats)]
+        with m.Elif(active & (left != 0) & (~channel.valid | channel.ready)):
+            m.d.sync += [
+                channel.valid.eq(1),
+                channel.addr.eq(word << self._offset_bits),
+                channel.len.eq(burst - 1),
+                word.eq(word + burst),
+                left.eq(left - burst),
+            ]
+        with m.Elif(handshake):
+            m.d.sync += channel.valid.eq(0)
+        return (left == 0) & ~channel.valid, handshake
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+        page_last = self.page_words - 1
+        page_bits = self.page_words.bit_length() - 1
+
+        # ---------------------------------------------------------------- reads
+        rd_active = Signal()
+        r_left = Signal(self.beats_width)  # words of the command still to come on R
+        rd_start = self.rd_cmd.valid & self.rd_cmd.ready
+        rd_word = self.rd_cmd.payload.addr[self._offset_bits:]
+        ar_done, _ = self._address_channel(m, "ar", bus.ar, rd_active, rd_word, self.rd_cmd.payload.beats,
+                                           rd_start)
+        m.d.comb += [
+            self.rd_cmd.ready.eq(~rd_active),
+            self.rd_data.valid.eq(bus.r.valid & (r_left != 0)),
+            bus.r.ready.eq(self.rd_data.ready & (r_left != 0)),
+            self.rd_data.payload.data.eq(bus.r.data),
+            self.rd_data.payload.error.eq(bus.r.resp[1]),
+            # Count words ourselves rather than trust RLAST: a slave's wrong RLAST cannot lose a command.
+            self.rd_data.payload.last.eq(r_left == 1),
+        ]
+        with m.If(rd_start):
+            m.d.sync += [rd_active.eq(1), r_left.eq(self.rd_cmd.payload.beats)]
+        with m.Elif(bus.r.valid & bus.r.ready):
+            m.d.sync += r_left.eq(r_left - 1)
+        with m.If(rd_active & ar_done & (r_left == 0)):
+            m.d.sync += rd_active.eq(0)
+
+        # --------------------------------------------------------------- writes
+        wr_active = Signal()
+        w_word = Signal(self._addr_width - self._offset_bits)  # word address of the next W beat
+        w_left = Signal(self.beats_width)
+        w_beat = Signal(range(self._max_burst))               # index of the next W beat in its burst
+        b_pending = Signal(self.beats_width)                 # bursts accepted on AW, B not yet received
+        wr_error = Signal()
+        resp_valid = Signal()
+        wr_start = self.wr_cmd.valid & self.wr_cmd.ready
+        wr_word = self.wr_cmd.payload.addr[self._offset_bits:]
+        aw_done, aw_handshake = self._address_channel(m, "aw", bus.aw, wr_active, wr_word,
+                                                      self.wr_cmd.payload.beats, wr_start)
+        # The W side re-derives burst boundaries beat by beat; the greedy split (end at the command's last word,
+        # after max_burst beats, or at a page end, whichever comes first) matches the address side exactly.
+        w_handshake = bus.w.valid & bus.w.ready
+        m.d.comb += [
+            self.wr_cmd.ready.eq(~wr_active),
+            bus.w.valid.eq(self.wr_data.valid & (w_left != 0)),
+            self.wr_data.ready.eq(bus.w.ready & (w_left != 0)),
+            bus.w.data.eq(self.wr_data.payload.data),
+            bus.w.strb.eq(self.wr_data.payload.strb),
+            bus.w.last.eq((w_left == 1) | (w_beat == self._max_burst - 1) | (w_word[:page_bits] == page_last)),
+            bus.b.ready.eq(1),
+        ]
+        b_handshake = bus.b.valid & bus.b.ready
+        with m.If(wr_start):
+            m.d.sync += [wr_active.eq(1), w_word.eq(wr_word), w_left.eq(self.wr_cmd.payload.beats),
+                         w_beat.eq(0), wr_error.eq(0)]
+        with m.Elif(w_handshake):
+            m.d.sync += [w_word.eq(w_word + 1), w_left.eq(w_left - 1),
+                         w_beat.eq(Mux(bus.w.last, 0, w_beat + 1))]
+        with m.If(aw_handshake & ~b_handshake):
+            m.d.sync += b_pending.eq(b_pending + 1)
+        with m.Elif(b_handshake & ~aw_handshake & (b_pending != 0)):
+            m.d.sync += b_pending.eq(b_pending - 1)
+        with m.If(b_handshake & wr_active & bus.b.resp[1]):
+            m.d.sync += wr_error.eq(1)
+
+        with m.If(wr_active & ~resp_valid & aw_done & (w_left == 0) & (b_pending == 0)):
+            m.d.sync += resp_valid.eq(1)
+        with m.If(self.wr_resp.valid & self.wr_resp.ready):
+            m.d.sync += [resp_valid.eq(0), wr_active.eq(0)]
+        m.d.comb += [
+            self.wr_resp.valid.eq(resp_valid),
+            self.wr_resp.payload.error.eq(wr_error),
+            self.rd_busy.eq(rd_active),
+            self.wr_busy.eq(wr_active),
+            self.busy.eq(rd_active | wr_active),
+        ]
+        return m
