@@ -17,7 +17,7 @@ help:
 	@echo "make setup    create .venv and install everything (iverilog via apt when root)"
 	@echo "make test     the whole suite: unit, golden, Amaranth-sim and cocotb on Icarus + Verilator"
 	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
-	@echo "make verilog  Verilog + JSON for the engine in build/ (ROWS=, COLS= override; default 8x8)"
+	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
 
@@ -37,8 +37,9 @@ test-fast: $(STAMP)
 sim: $(STAMP)
 	$(PY) -m sim.run_suite -n $(PYTEST_WORKERS)
 
+DESIGN ?= accelerator
 verilog: $(STAMP)
-	$(PY) -m hw.generate --rows $(ROWS) --cols $(COLS) --acc-depth $(ACC_DEPTH) --out build
+	$(PY) -m hw.generate --design $(DESIGN) --rows $(ROWS) --cols $(COLS) --acc-depth $(ACC_DEPTH) --out build
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -1,7 +1,8 @@
-"""Verilog generation for the engine (and later the whole accelerator), with a JSON description beside it.
+"""Verilog generation for the accelerator (or the bare GEMM engine), with a JSON description beside it.
 
-``python -m hw.generate --rows 8 --cols 8 --out build`` writes ``build/gemm_engine_8x8.v`` and
-``build/gemm_engine_8x8.json`` (parameters, latency figures, ports). Generation is cached: the output is rewritten
+``python -m hw.generate --rows 8 --cols 8 --out build`` writes ``build/accelerator_8x8.v`` and
+``build/accelerator_8x8.json`` (parameters, register map, error codes, ports); ``--design engine`` writes
+``build/gemm_engine_8x8.v`` and its JSON (parameters, latency figures, ports, command layouts). Generation is cached: the output is rewritten
 only when the parameters or the hardware sources change (a hash of both is stored in the JSON), so test suites and
 simulator builds that depend on the file never redo work for an unchanged design.
 """
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["generate_engine", "hardware_source_hash", "describe_ports"]
+__all__ = ["generate_engine", "generate_accelerator", "hardware_source_hash", "describe_ports"]
 
 HW_DIR = Path(__file__).resolve().parent
 
@@ -104,8 +105,48 @@ def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=Fal
     return out_v, out_json
 
 
+def generate_accelerator(*, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_depth=512, param_depth=64,
+                         data_width=64, out_dir="build", force=False) -> tuple[Path, Path]:
+    """Write the whole accelerator's Verilog and a JSON with its parameters, register map and ports."""
+    from .accelerator import Accelerator
+    from .isa import ErrorCode
+    from .regmap import REGISTERS
+
+    params = {"rows": rows, "cols": cols, "act_depth": act_depth, "wgt_depth": wgt_depth, "acc_depth": acc_depth,
+              "param_depth": param_depth, "data_width": data_width}
+    top = Accelerator(**params)  # validates the parameters first
+    out_dir = Path(out_dir)
+    name = f"accelerator_{rows}x{cols}"
+    out_v, out_json = out_dir / f"{name}.v", out_dir / f"{name}.json"
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + hardware_source_hash().encode()).hexdigest()
+    if not force and _cached(out_v, out_json, key):
+        return out_v, out_json
+    from amaranth.back import verilog
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(top, name="accelerator")
+    description = {
+        "design": "accelerator",
+        "toplevel": "accelerator",
+        "parameters": params,
+        "registers": [{"name": r.name.upper(), "offset": r.offset, "access": r.access,
+                       "description": r.description} for r in REGISTERS],
+        "error_codes": {e.name: int(e) for e in ErrorCode},
+        "ports": [{"name": "clk", "direction": "input", "width": 1},
+                  {"name": "rst", "direction": "input", "width": 1}] + describe_ports(top),
+        "docs": {"isa": "docs/isa.md"},
+        "cache_key": key,
+    }
+    tmp = out_v.with_suffix(".v.tmp")
+    tmp.write_text(text)
+    tmp.replace(out_v)
+    out_json.write_text(json.dumps(description, indent=2) + "\n")
+    return out_v, out_json
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--design", choices=("accelerator", "engine"), default="accelerator")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--cols", type=int, default=8)
     parser.add_argument("--acc-depth", type=int, default=512)
@@ -113,8 +154,12 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="regenerate even if the cached output is current")
     args = parser.parse_args(argv)
     try:
-        paths = generate_engine(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth, out_dir=args.out,
-                                force=args.force)
+        if args.design == "engine":
+            paths = generate_engine(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth, out_dir=args.out,
+                                    force=args.force)
+        else:
+            paths = generate_accelerator(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth,
+                                         out_dir=args.out, force=args.force)
     except (TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
