@@ -11,12 +11,16 @@ ACC_DEPTH ?= 512
 EXTRAS ?= torch,fpga,plot
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog clean help
+.PHONY: setup test test-fast sim verilog train clean help
+# The MNIST training set for developers and CI lives beside the repository; users get it downloaded and verified.
+MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
+export MNIST_DIR
 
 help:
 	@echo "make setup    create .venv and install everything (iverilog via apt when root)"
 	@echo "make test     the whole suite: unit, golden, Amaranth-sim and cocotb on Icarus + Verilator"
 	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
+	@echo "make train    train the reference MNIST CNN (PyTorch, CPU, seeded) into models/mnist_float.npz"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -40,6 +44,9 @@ sim: $(STAMP)
 DESIGN ?= accelerator
 verilog: $(STAMP)
 	$(PY) -m hw.generate --design $(DESIGN) --rows $(ROWS) --cols $(COLS) --acc-depth $(ACC_DEPTH) --out build
+
+train: $(STAMP)
+	$(PY) -m sw.train --epochs 8 --augment 2 --dropout 0.25 --out models/mnist_float.npz
 
 clean:
 	rm -rf build sim_build .pytest_cache
