@@ -78,8 +78,9 @@ class AcceleratorHost:
             await RisingEdge(self.dut.clk)
         else:
             status = await self.csr.read(OFFSETS["status"])
+            counters = await self.read_counters()
             raise TimeoutError(f"accelerator still running after {max_cycles} cycles (watchdog; seed {self.seed}, "
-                               f"STATUS={status:#x})")
+                               f"STATUS={status:#x}, counters {counters})")
         await RisingEdge(self.dut.clk)
         status = await self.csr.read(OFFSETS["status"])
         result = RunResult(status=status, error=status_error(status),

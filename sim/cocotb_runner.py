@@ -21,6 +21,12 @@ VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "-
                   "--x-initial", "fast", "--noassert")
 
 
+#: Icarus flags: the runner passes -g2012, under which variable initialisers (`reg x = 0`) run before time 0 and raise
+#: no event, so Amaranth's trick to evaluate every `always @*` block at time 0 does not fire and combinational
+#: outputs whose inputs never change stay X. Verilog-2005 semantics (a later -g flag wins) restore the event.
+ICARUS_ARGS = ("-g2005",)
+
+
 class SimulatorMissing(RuntimeError):
     """A simulator needed by the test suite is not installed (the message says how to install it)."""
 
@@ -82,7 +88,7 @@ def run_cocotb(simulator: str, *, verilog: Path | str, toplevel: str, test_modul
     if module_dir not in sys.path:
         sys.path.append(module_dir)  # the runner hands sys.path to the simulator as PYTHONPATH
     runner = get_runner(simulator)
-    build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
+    build_args = list(VERILATOR_ARGS) if simulator == "verilator" else list(ICARUS_ARGS)
     runner.build(sources=[Path(verilog)], hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
                  timescale=("1ns", "1ps"), waves=waves)
     results = runner.test(test_module=test_module.stem, hdl_toplevel=toplevel, build_dir=build_dir,

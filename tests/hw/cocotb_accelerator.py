@@ -26,6 +26,7 @@ SEED = int(os.environ.get("SEED", "1"))
 CASES = int(os.environ.get("CASES", "3"))
 MAX_DIM = int(os.environ.get("MAX_DIM", "12"))
 MEM_SIZE = 1 << 16
+MAX_CYCLES = int(os.environ.get("MAX_CYCLES", "200000"))
 
 
 def first_difference(got: bytes, want: bytes) -> str:
@@ -35,7 +36,7 @@ def first_difference(got: bytes, want: bytes) -> str:
     return "lengths differ"
 
 
-async def run_and_compare(host, image, *, prog_addr, prog_len, bus_errors=(), what="program", max_cycles=200_000):
+async def run_and_compare(host, image, *, prog_addr, prog_len, bus_errors=(), what="program", max_cycles=MAX_CYCLES):
     """Run ``image`` on the RTL and on the golden simulator; assert identical DRAM, error code and index."""
     golden_dram = np.zeros(MEM_SIZE, dtype=np.uint8)
     golden_dram[:len(image)] = np.frombuffer(bytes(image), dtype=np.uint8)
@@ -137,7 +138,7 @@ async def directed_errors(dut):
         "bus error on fetch": (good + [Halt()], [(0x100 + 16 * 4, 0x100 + 16 * 5, "slverr")]),
         # Error ranges are whole bus words: the RAM model answers per beat.
         "bus error on load": (good + [Halt()], [(0x2100, 0x2108, "decerr")]),
-        "bus error on store": (good + [Halt()], [(0x4008, 0x4010, "slverr")]),
+        "bus error on store": (good + [Halt()], [(0x4000, 0x4008, "slverr")]),
     }
     for what, (program, bus_errors) in cases.items():
         words = [p if isinstance(p, int) else encode(p) for p in program]

@@ -14,7 +14,7 @@ BUILD = ROOT / "build" / "cocotb"
 
 CONFIGS = [
     # simulator, rows, cols, act_depth, wgt_depth, acc_depth, param_depth, cases, max_dim, seed
-    ("icarus", 2, 2, 32, 32, 16, 4, 2, 6, 31),
+    ("icarus", 2, 2, 32, 32, 16, 4, 8, 10, 31),
     ("verilator", 4, 4, 64, 64, 32, 8, 12, 40, 41),
     ("verilator", 8, 8, 256, 256, 64, 8, 8, 70, 42),
 ]

