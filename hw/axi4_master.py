@@ -13,11 +13,54 @@ from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4Signature, AXIBurst, _check_data_width
 
-__all__ = ["AXI4Master"]
+__all__ = ["AXI4Master", "read_command_layout", "read_data_layout", "write_command_layout", "write_data_layout",
+           "write_response_layout", "word_offset_bits", "check_bus"]
 
 _PAGE_BYTES = 4096
 #: ``AxCACHE`` for normal non-cacheable bufferable memory, what Xilinx recommends for HP/ACP masters.
 _CACHE_NORMAL_BUFFERABLE = 0b0011
+
+
+# ---- The user-side payloads, shared with the units that drive the master.
+
+def word_offset_bits(data_width: int) -> int:
+    """Address bits below the bus word: log2(data_width / 8)."""
+    return (data_width // 8).bit_length() - 1
+
+
+def check_bus(data_width, addr_width) -> None:
+    """Validate a unit's bus parameters the way :class:`hw.axi4_master.AXI4Master` does."""
+    _check_data_width(data_width)
+    if not isinstance(addr_width, int) or isinstance(addr_width, bool) or not 12 <= addr_width <= 64:
+        raise ValueError(f"Address width must be an integer from 12 to 64, not {addr_width!r}")
+
+
+def read_command_layout(addr_width: int = 32, data_width: int = 64) -> data.StructLayout:
+    """``rd_cmd`` payload of the AXI master: ``beats`` bus words from the word-aligned byte address ``addr``."""
+    check_bus(data_width, addr_width)
+    return data.StructLayout({"addr": unsigned(addr_width),
+                              "beats": unsigned(addr_width - word_offset_bits(data_width) + 1)})
+
+
+#: ``wr_cmd`` has the same payload as ``rd_cmd``.
+write_command_layout = read_command_layout
+
+
+def read_data_layout(data_width: int = 64) -> data.StructLayout:
+    """``rd_data`` payload of the AXI master: one bus word, the command's last-word flag and the RRESP error flag."""
+    _check_data_width(data_width)
+    return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1), "error": unsigned(1)})
+
+
+def write_data_layout(data_width: int = 64) -> data.StructLayout:
+    """``wr_data`` payload of the AXI master: one bus word and its byte strobes."""
+    _check_data_width(data_width)
+    return data.StructLayout({"data": unsigned(data_width), "strb": unsigned(data_width // 8)})
+
+
+def write_response_layout() -> data.StructLayout:
+    """``wr_resp`` payload of the AXI master: one per write command, ``error`` if any burst got SLVERR/DECERR."""
+    return data.StructLayout({"error": unsigned(1)})
 
 
 class AXI4Master(wiring.Component):
@@ -77,16 +120,15 @@ class AXI4Master(wiring.Component):
         self._addr_width = addr_width
         self._data_width = data_width
         self._max_burst = max_burst
-        self._offset_bits = (data_width // 8).bit_length() - 1
-        beats_shape = unsigned(addr_width - self._offset_bits + 1)
-        cmd = data.StructLayout({"addr": addr_width, "beats": beats_shape})
+        self._offset_bits = word_offset_bits(data_width)
+        cmd = read_command_layout(addr_width, data_width)
         super().__init__({
             "bus": Out(AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=1)),
             "rd_cmd": In(stream.Signature(cmd)),
-            "rd_data": Out(stream.Signature(data.StructLayout({"data": data_width, "last": 1, "error": 1}))),
+            "rd_data": Out(stream.Signature(read_data_layout(data_width))),
             "wr_cmd": In(stream.Signature(cmd)),
-            "wr_data": In(stream.Signature(data.StructLayout({"data": data_width, "strb": data_width // 8}))),
-            "wr_resp": Out(stream.Signature(data.StructLayout({"error": 1}))),
+            "wr_data": In(stream.Signature(write_data_layout(data_width))),
+            "wr_resp": Out(stream.Signature(write_response_layout())),
             "busy": Out(1),
             "rd_busy": Out(1),
             "wr_busy": Out(1),

@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .axi4_master import AXI4Master
+from .axi4_master import read_command_layout, read_data_layout
 from .instruction_layout import INDEX_WIDTH
 from .isa import INSTRUCTION_BITS, INSTRUCTION_BYTES
 
@@ -57,9 +57,8 @@ class InstructionFetch(wiring.Component):
         if not isinstance(burst, int) or burst < 1 or not isinstance(depth, int) or depth < burst:
             raise ValueError(f"Fetch burst must be >= 1 and depth >= burst, not burst={burst!r} depth={depth!r}")
         self._data_width, self._addr_width, self._burst, self._depth = data_width, addr_width, burst, depth
-        master = AXI4Master(addr_width=addr_width, data_width=data_width)
-        self._cmd_shape = master.rd_cmd.payload.shape()
-        self._data_shape = master.rd_data.payload.shape()
+        self._cmd_shape = read_command_layout(addr_width, data_width)
+        self._data_shape = read_data_layout(data_width)
         super().__init__({
             "start": In(1),
             "stop": In(1),

@@ -17,6 +17,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi import _check_data_width
+from .axi4_master import (check_bus, read_command_layout, read_data_layout, word_offset_bits,
+                          write_command_layout, write_data_layout, write_response_layout)
 from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature
 from .isa import Buffer, Opcode
 from .systolic_array import check_array_size
@@ -30,18 +32,6 @@ MAX_DEPTH = 1 << 16
 
 # ---- Bus payloads (the AXI master's user side) ---------------------------------------------------------------------
 
-def word_offset_bits(data_width: int) -> int:
-    """Address bits below the bus word: log2(data_width / 8)."""
-    return (data_width // 8).bit_length() - 1
-
-
-def check_bus(data_width, addr_width) -> None:
-    """Validate a unit's bus parameters the way :class:`hw.axi4_master.AXI4Master` does."""
-    _check_data_width(data_width)
-    if not isinstance(addr_width, int) or isinstance(addr_width, bool) or not 12 <= addr_width <= 64:
-        raise ValueError(f"Address width must be an integer from 12 to 64, not {addr_width!r}")
-
-
 def check_depth(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DEPTH:
         raise ValueError(f"{name} must be an integer from 1 to {MAX_DEPTH}, not {value!r}")
@@ -52,32 +42,6 @@ def address_bits(depth: int) -> int:
     return max((depth - 1).bit_length(), 1)
 
 
-def read_command_layout(addr_width: int = 32, data_width: int = 64) -> data.StructLayout:
-    """``rd_cmd`` payload of the AXI master: ``beats`` bus words from the word-aligned byte address ``addr``."""
-    check_bus(data_width, addr_width)
-    return data.StructLayout({"addr": unsigned(addr_width),
-                              "beats": unsigned(addr_width - word_offset_bits(data_width) + 1)})
-
-
-#: ``wr_cmd`` has the same payload as ``rd_cmd``.
-write_command_layout = read_command_layout
-
-
-def read_data_layout(data_width: int = 64) -> data.StructLayout:
-    """``rd_data`` payload of the AXI master: one bus word, the command's last-word flag and the RRESP error flag."""
-    _check_data_width(data_width)
-    return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1), "error": unsigned(1)})
-
-
-def write_data_layout(data_width: int = 64) -> data.StructLayout:
-    """``wr_data`` payload of the AXI master: one bus word and its byte strobes."""
-    _check_data_width(data_width)
-    return data.StructLayout({"data": unsigned(data_width), "strb": unsigned(data_width // 8)})
-
-
-def write_response_layout() -> data.StructLayout:
-    """``wr_resp`` payload of the AXI master: one per write command, ``error`` if any burst got SLVERR/DECERR."""
-    return data.StructLayout({"error": unsigned(1)})
 
 
 def rotate_bytes(m: Module, word, offset, count: int, name: str) -> list[Signal]:

@@ -95,14 +95,15 @@ class StoreUnit(wiring.Component):
     Latency, throughput and flow control
     ------------------------------------
     ``st_cmd.valid`` rises :attr:`command_latency` cycles after the instruction handshake when no token must be
-    waited for. Write commands for all rows are offered one per cycle from the ``st_cmd`` handshake on, ahead of
-    their data and whatever the responses (any number may be outstanding). ``out`` passes through a two-row skid
-    buffer: ``out.ready`` comes from a register (no combinational path from ``wr_data.ready``), a row's first word
-    is offered :attr:`row_latency` cycle after its handshake, and its words follow one per cycle while
-    ``wr_data.ready`` allows, the next row's directly after. ``wr_resp.ready`` is high during a STORE. The push (or
-    fault) pulse comes :attr:`completion_latency` cycle after the last response; the next instruction is accepted
-    the cycle after that. A SYNC pops, pushes in the next cycle and is done. No ``valid`` depends on a ``ready``,
-    and a raised ``valid`` holds with its payload until its handshake.
+    waited for. Write commands for all rows are offered one per cycle from the cycle after the ``st_cmd``
+    handshake, ahead of their data and whatever the responses (any number may be outstanding); a row's words may
+    be offered on ``wr_data`` before its command is accepted (the master takes them once it is). ``out`` passes
+    through a two-row skid buffer: ``out.ready`` comes from registers (no combinational path from
+    ``wr_data.ready``), a row's first word is offered :attr:`row_latency` cycle after its handshake, and its words
+    follow one per cycle while ``wr_data.ready`` allows, the next row's directly after. ``wr_resp.ready`` is high
+    during a STORE. The push (or fault) pulse comes :attr:`completion_latency` cycle after the last response; the
+    next instruction is accepted the cycle after that. A SYNC pops, pushes in the next cycle and is done. No
+    ``valid`` depends on a ``ready``, and a raised ``valid`` holds with its payload until its handshake.
     """
 
     def __init__(self, *, rows, cols, acc_depth, param_depth, data_width=64, addr_width=32):

@@ -7,6 +7,7 @@ way everywhere. Payloads are set and read with ``ctx.set``/``ctx.get`` so typed 
 
 from __future__ import annotations
 
+import gc
 import random
 
 from amaranth.sim import Simulator
@@ -76,8 +77,13 @@ def run_simulation(dut, *testbenches, background=(), deadline_cycles: int = 100_
 
     # A background testbench does not keep the simulation alive: it only fires if the others never finish.
     sim.add_testbench(watchdog, background=True)
-    if vcd:
-        with sim.write_vcd(vcd):
+    try:
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
             sim.run()
-    else:
-        sim.run()
+    finally:
+        # Close suspended background testbenches now, not while pytest builds a report (CPython 3.11 can then
+        # crash with "AST constructor recursion depth mismatch").
+        gc.collect()

@@ -120,7 +120,7 @@ class GemmProgram:
     c_addr: int
     c_shape: tuple
     c_dtype: np.dtype
-    expected: np.ndarray      # C as sim.arith.quantized_gemm computes it
+    expected: np.ndarray | None  # C as sim.arith.quantized_gemm computes it (None when not asked for)
 
     @property
     def c_nbytes(self) -> int:
@@ -366,7 +366,7 @@ def _int_scalar(name, value, lo, hi):
 
 
 def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_max=127, raw=False, *,
-                 config: HardwareConfig, base=0x1000, rng=None) -> GemmProgram:
+                 config: HardwareConfig, base=0x1000, rng=None, with_expected=True) -> GemmProgram:
     """Build the program and DRAM image computing ``quantized_gemm(a, w, bias, ...)`` on ``config``.
 
     Parameters
@@ -383,6 +383,9 @@ def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_
         When given, the regions are placed in random order at random byte offsets (the program 16-byte aligned)
         and every byte not holding an input (including C's initial bytes) is random. Without it the regions
         follow ``base`` in that order, 64-byte aligned, in a zeroed image.
+    with_expected : bool
+        Compute :attr:`GemmProgram.expected` with the golden GEMM (tests); the compiler, which runs the program
+        on a backend and compares elsewhere, turns it off.
     """
     if not isinstance(config, HardwareConfig):
         raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
@@ -449,7 +452,7 @@ def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_
                           for j in range(tiling.n_tiles)))
     put("program", to_bytes(program))
     expected = quantized_gemm(a.astype(np.int8), w.astype(np.int8), bias, multiplier, shift, zero_point, act_min,
-                              act_max, raw=raw)
+                              act_max, raw=raw) if with_expected else None
     return GemmProgram(config=config, tiling=tiling, program=program, dram=dram, prog_addr=addr["program"],
                        prog_len=prog_len, a_addr=addr["a"], w_addr=addr["w"], param_addr=addr["param"],
                        c_addr=addr["c"], c_shape=(m, n), c_dtype=np.dtype(np.int32 if raw else np.int8),

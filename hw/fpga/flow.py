@@ -202,6 +202,12 @@ def _signal_name(cell: str) -> str:
     return re.sub(r"_(TRELLIS_|SB_|CCU2C|MULT18X18D|DP16KD|LUT4|PFUMX|L6MUX21|\$).*$", "", cell) or cell
 
 
+def _sources(step: dict) -> list[str]:
+    sources = step.get("sources", [])
+    python = [s for s in sources if ".py:" in s]
+    return [_relative_source(s) for s in (python or sources)]
+
+
 def _critical_path(report: dict, clock: str) -> dict | None:
     """Start, end and delay split of the worst clock-to-clock path in a nextpnr ``--report``."""
     edge = f"posedge {clock}"
@@ -221,8 +227,8 @@ def _critical_path(report: dict, clock: str) -> dict | None:
             "start_signal": _signal_name(steps[0]["from"]["cell"]),
             "end_signal": _signal_name(steps[-1]["to"]["cell"]),
             # Where the first and last nets that carry Amaranth source locations were written.
-            "start_source": [_relative_source(s) for s in sourced[0]["sources"]] if sourced else [],
-            "end_source": [_relative_source(s) for s in sourced[-1]["sources"]] if sourced else [],
+            "start_source": _sources(sourced[0]) if sourced else [],
+            "end_source": _sources(sourced[-1]) if sourced else [],
             "delay_ns": round(total, 3),
             "logic_ns": round(total - routing_ns, 3),
             "routing_ns": round(routing_ns, 3),

