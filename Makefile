@@ -11,7 +11,10 @@ ACC_DEPTH ?= 512
 EXTRAS ?= torch,fpga,plot
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train clean help
+.PHONY: setup test test-fast sim verilog train mnist clean help
+BACKEND ?= verilator
+N ?= 1000
+BATCH ?= 32
 # The MNIST training set for developers and CI lives beside the repository; users get it downloaded and verified.
 MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 export MNIST_DIR
@@ -21,6 +24,7 @@ help:
 	@echo "make test     the whole suite: unit, golden, Amaranth-sim and cocotb on Icarus + Verilator"
 	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
 	@echo "make train    train the reference MNIST CNN (PyTorch, CPU, seeded) into models/mnist_float.npz"
+	@echo "make mnist    MNIST test images through the RTL (BACKEND=verilator|icarus|golden|cpu|gpu, N=, ROWS=, COLS=)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -46,7 +50,11 @@ verilog: $(STAMP)
 	$(PY) -m hw.generate --design $(DESIGN) --rows $(ROWS) --cols $(COLS) --acc-depth $(ACC_DEPTH) --out build
 
 train: $(STAMP)
-	$(PY) -m sw.train --epochs 8 --augment 2 --dropout 0.25 --out models/mnist_float.npz
+	$(PY) -m sw.train --epochs 8 --out models/mnist_float.npz
+	$(PY) -m sw.mnist_app quantize --float models/mnist_float.npz --out models/mnist_int8.npz
+
+mnist: $(STAMP)
+	$(PY) -m sw.mnist_app run --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH)
 
 clean:
 	rm -rf build sim_build .pytest_cache

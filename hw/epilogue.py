@@ -7,17 +7,20 @@ mode) or requantizes it exactly as :func:`sim.arith.requantize` does (``docs/int
     y = RDBPOT(y, max(-shift, 0))
     out = clamp(y + zero_point, act_min, act_max)
 
-The arithmetic is split into short pipeline stages for FPGA timing. Two identities keep the stages small (both are
+The arithmetic is split into short pipeline stages for FPGA timing. Three identities keep the stages small (each is
 proved in the comments where they are used and checked bit-exactly by ``tests/hw/test_epilogue.py``):
 
 * SRDHM: ``(a*b + nudge) / 2**31`` truncated toward zero equals ``floor((a*b + 2**30) / 2**31)`` for both nudges,
   which is ``((a*b >> 30) + 1) >> 1``: one short add on the top bits of the product.
 * RDBPOT: adding ``2**(e-1)`` (non-negative ``y``) or ``2**(e-1) - 1`` (negative ``y``) before an arithmetic
   shift right by ``e`` rounds exact halves away from zero; both addends are 0 for ``e = 0``.
+* Clamp: ``q + zero_point > act_max`` iff ``q > act_max - zero_point``, a 9-bit threshold computed per row
+  up front; within the bounds only the low byte of ``q + zero_point`` is needed.
 
 The 32x32 signed product is built from four 16x16 partial products (each fits one 18x18 DSP block, e.g. an ECP5
 MULT18X18D) with registered inputs, registered partial products, a registered middle sum and a registered 64-bit
-product.
+product. The valid/ready control keeps its wide ANDs in registers, so each stage's clock enable is one LUT from a
+register and ``o.ready``.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Epilogue(wiring.Component):
 
     Latency
     -------
-    :attr:`latency` (10) cycles: a row accepted in cycle ``t`` (``i.valid & i.ready`` at the end of cycle ``t``)
+    :attr:`latency` cycles (one per entry of :attr:`STAGES`, 12): a row accepted in cycle ``t`` (``i.valid & i.ready`` at the end of cycle ``t``)
     is offered with ``o.valid`` high in cycle ``t + latency`` when ``o`` is never stalled.
 
     Throughput
@@ -113,9 +116,11 @@ class Epilogue(wiring.Component):
         "product",         # the 64-bit product a * b
         "srdhm",           # y = SRDHM(a, b); rounding addends for RDBPOT
         "round_add",       # y + rounding addend
-        "right_shift",     # arithmetic shift right: RDBPOT done
+        "right_shift_coarse",  # arithmetic shift right by a multiple of 8
+        "right_shift",     # ... and by the rest: RDBPOT done
         "clamp_compare",   # compare with the clamp bounds less the zero point; low byte + zero point
-        "clamp_select",    # act_min, act_max, the int8 sum or the raw sum
+        "clamp_select",    # act_min, act_max or the int8 sum
+        "output",          # sign-extend, or select the raw sum
     )
 
     def __init__(self, *, cols: int):
@@ -144,21 +149,32 @@ class Epilogue(wiring.Component):
         n = self.latency
         stage = {name: k for k, name in enumerate(self.STAGES)}
 
-        # Flow control: advance[k] loads stage k's registers from stage k-1 (or from i for k = 0). Stage k
-        # advances when it is empty or stage k+1 advances; unrolled, when o.ready is high or any stage from k on
-        # is empty. Written as one wide AND per stage (a two-LUT tree) rather than the recursive chain, so the
-        # clock enables of the early stages are not a ripple through every valid bit.
+        # Flow control. Stage k advances (loads from stage k-1, or from i for k = 0) when it is empty or stage
+        # k+1 advances; unrolled, when o.ready is high or some stage from k on is empty. That unrolled condition
+        # is a wide AND of valid bits, and it drives the clock enables of a whole stage, so it is kept in
+        # registers: full_from[k] = valid[k] & ... & valid[n-1], and its complement has_room[k] for the enables
+        # alone (a separate register, so the enable nets, which spread across the block, stay out of the
+        # control logic's loop). An enable is then one LUT from a register and o.ready, whatever the depth of
+        # the pipeline. The next state is a choice on o.ready: with it high every stage shifts; with it low a
+        # full stage stays full and an empty one takes its predecessor.
         valid = [Signal(name=f"{name}_valid") for name in self.STAGES]
+        full_from = [Signal(name=f"{name}_full_from") for name in self.STAGES]
+        has_room = [Signal(name=f"{name}_has_room", init=1) for name in self.STAGES]
         advance = [Signal(name=f"{name}_advance") for name in self.STAGES]
+        shifted = [self.i.valid, *valid[:-1]]  # what each stage holds next when o.ready is high
+        held = [shifted[k] | full_from[k] for k in range(n)]  # ... and when it is low
         for k in range(n):
-            m.d.comb += advance[k].eq(self.o.ready | ~Cat(*valid[k:]).all())
+            full_next = Mux(self.o.ready, Cat(*shifted[k:]).all(), Cat(*held[k:]).all())
+            m.d.sync += [
+                valid[k].eq(Mux(self.o.ready, shifted[k], held[k])),
+                full_from[k].eq(full_next),
+                has_room[k].eq(~full_next),
+            ]
+            m.d.comb += advance[k].eq(self.o.ready | has_room[k])
         m.d.comb += [
             self.i.ready.eq(advance[0]),
             self.o.valid.eq(valid[n - 1]),
         ]
-        for k in range(n):
-            with m.If(advance[k]):
-                m.d.sync += valid[k].eq(valid[k - 1] if k else self.i.valid)
 
         # Data registers load whenever their stage advances, bubble or not: their content is only used when the
         # stage's valid bit is set, so they need no reset and no valid gating.
@@ -186,10 +202,10 @@ class Epilogue(wiring.Component):
         below_from = carry("bias_add", "right_shift", params.act_min - params.zero_point, signed(9), "below_from")
         # np.clip order (min(max(z, act_min), act_max)): with act_min > act_max every output is act_max, like the
         # reference would give if it accepted such bounds.
-        inverted = carry("bias_add", "right_shift", params.act_min > params.act_max, 1, "inverted")
+        inverted = carry("bias_add", "clamp_compare", params.act_min > params.act_max, 1, "inverted")
         act_min = carry("bias_add", "clamp_compare", params.act_min, signed(8), "act_min")
         act_max = carry("bias_add", "clamp_compare", params.act_max, signed(8), "act_max")
-        raw = carry("bias_add", "clamp_compare", params.raw, 1, "raw")
+        raw = carry("bias_add", "clamp_select", params.raw, 1, "raw")
 
         results = []
         for c in range(self._cols):
@@ -197,10 +213,10 @@ class Epilogue(wiring.Component):
             shift = params.shift[c]
 
             # Truncation to 32 bits is the wrap modulo 2**32.
-            s = carry("bias_add", "clamp_compare", acc + params.bias[c], signed(32), f"s{c}")
+            s = carry("bias_add", "clamp_select", acc + params.bias[c], signed(32), f"s{c}")
             left = reg("bias_add", Mux(shift[-1], 0, shift[:5]), unsigned(5), f"left{c}")
             # 6 bits: a right shift of 32 (shift = -32, outside the spec) is still a consistent RDBPOT.
-            right = carry("bias_add", "round_add", Mux(shift[-1], -shift, 0), unsigned(6), f"right{c}")
+            right = carry("bias_add", "right_shift_coarse", Mux(shift[-1], -shift, 0), unsigned(6), f"right{c}")
             multiplier = reg("bias_add", params.multiplier[c], signed(32), f"multiplier{c}")
 
             # Multiplier inputs. The left shift wraps modulo 2**32 like the reference C code.
@@ -240,16 +256,27 @@ class Epilogue(wiring.Component):
             # y + 2**32 - 1 at most (for e = 32), hence 34 bits.
             rounded = reg("round_add", y + Mux(y[-1], below_half, half), signed(34), f"rounded{c}")
             # For e >= 1 the quotient is below 2**31 in magnitude; for e = 0, rounded = y.
-            quotient = reg("right_shift", rounded >> right["round_add"], signed(32), f"quotient{c}")
+            # The 6-level shifter is split over two stages: shifts compose, floor(floor(x / 2**a) / 2**b) =
+            # floor(x / 2**(a + b)).
+            coarse = reg("right_shift_coarse", rounded >> Cat(Const(0, 3), right["round_add"][3:]), signed(34),
+                         f"coarse{c}")
+            quotient = reg("right_shift", coarse >> right["right_shift_coarse"][:3], signed(32), f"quotient{c}")
 
-            above = reg("clamp_compare", (quotient > above_from["right_shift"]) | inverted["right_shift"], 1,
-                        f"above{c}")
-            below = reg("clamp_compare", quotient < below_from["right_shift"], 1, f"below{c}")
+            # The thresholds lie in [-255, 255], so a quotient outside the 10-bit range is beyond both; inside
+            # it, 10-bit compares are exact. That keeps the carry chains short; the range check is resolved in
+            # the next stage.
+            narrow = quotient[:10].as_signed()
+            fits = reg("clamp_compare", (quotient[9:] == 0) | (quotient[9:] == (1 << 23) - 1), 1, f"fits{c}")
+            negative = reg("clamp_compare", quotient[-1], 1, f"negative{c}")
+            narrow_above = reg("clamp_compare", narrow > above_from["right_shift"], 1, f"narrow_above{c}")
+            narrow_below = reg("clamp_compare", narrow < below_from["right_shift"], 1, f"narrow_below{c}")
             low_byte = reg("clamp_compare", quotient[:8] + zero_point["right_shift"], signed(8), f"low_byte{c}")
 
+            above = Mux(fits, narrow_above, ~negative) | inverted["clamp_compare"]
+            below = Mux(fits, narrow_below, negative)
             clamped = Mux(above, act_max["clamp_compare"], Mux(below, act_min["clamp_compare"], low_byte))
-            result = reg("clamp_select", Mux(raw["clamp_compare"], s["clamp_compare"], clamped), signed(32),
-                         f"result{c}")
+            clamped = reg("clamp_select", clamped, signed(8), f"clamped{c}")
+            result = reg("output", Mux(raw["clamp_select"], s["clamp_select"], clamped), signed(32), f"result{c}")
             results.append(result)
 
         for k in range(n):

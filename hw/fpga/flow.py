@@ -110,21 +110,20 @@ def _tail(text: str, lines: int = 25) -> str:
 
 
 def _run(tool: str, args: list[str], *, cwd: Path, log: Path, timeout_s: float) -> str:
+    """Run a tool with its output going to ``log`` as it runs (so long runs can be followed); return the output."""
     exe = _tool(tool)
-    try:
-        proc = subprocess.run([exe, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        log.write_text(output)
-        raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout or "
-                        f"choose a smaller configuration") from None
-    log.write_text(proc.stdout)
+    with log.open("w") as out:
+        try:
+            proc = subprocess.run([exe, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout or "
+                            f"choose a smaller configuration") from None
+    output = log.read_text(errors="replace")
     if proc.returncode != 0:
-        proc_error = FlowError(f"{tool} failed with exit status {proc.returncode} (log: {log}):\n{_tail(proc.stdout)}")
-        proc_error.output = proc.stdout
-        raise proc_error
-    return proc.stdout
+        error = FlowError(f"{tool} failed with exit status {proc.returncode} (log: {log}):\n{_tail(output)}")
+        error.output = output
+        raise error
+    return output
 
 
 @lru_cache(maxsize=None)

