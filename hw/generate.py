@@ -55,6 +55,18 @@ def describe_layout(layout, prefix="", offset=0) -> list[dict]:
     return fields
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    """Write through a unique temporary file and rename, so concurrent generators never see half a file."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def _cached(out_v: Path, out_json: Path, key: str) -> bool:
     if not (out_v.exists() and out_json.exists()):
         return False
@@ -98,10 +110,8 @@ def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=Fal
         },
         "cache_key": key,
     }
-    tmp = out_v.with_suffix(".v.tmp")
-    tmp.write_text(text)
-    tmp.replace(out_v)
-    out_json.write_text(json.dumps(description, indent=2) + "\n")
+    _atomic_write(out_v, text)
+    _atomic_write(out_json, json.dumps(description, indent=2) + "\n")
     return out_v, out_json
 
 
@@ -137,10 +147,8 @@ def generate_accelerator(*, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_
         "docs": {"isa": "docs/isa.md"},
         "cache_key": key,
     }
-    tmp = out_v.with_suffix(".v.tmp")
-    tmp.write_text(text)
-    tmp.replace(out_v)
-    out_json.write_text(json.dumps(description, indent=2) + "\n")
+    _atomic_write(out_v, text)
+    _atomic_write(out_json, json.dumps(description, indent=2) + "\n")
     return out_v, out_json
 
 

