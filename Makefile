@@ -13,7 +13,7 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast sim verilog train mnist clean help
 BACKEND ?= verilator
-N ?= 1000
+N ?= 300
 BATCH ?= 32
 # The MNIST training set for developers and CI lives beside the repository; users get it downloaded and verified.
 MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
