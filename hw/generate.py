@@ -76,43 +76,40 @@ def _cached(out_v: Path, out_json: Path, key: str) -> bool:
         return False
 
 
-def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=False) -> tuple[Path, Path]:
-    """Write the GEMM engine's Verilog and JSON description; returns their paths."""
-    from .gemm_engine import GemmEngine, matmul_command_layout, store_command_layout
-
-    engine = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth)  # validates the parameters first
+def _generate(component, *, toplevel, name, params, out_dir, force, describe) -> tuple[Path, Path]:
+    """Write ``component``'s Verilog and JSON description unless the cached pair is current."""
     out_dir = Path(out_dir)
-    name = f"gemm_engine_{rows}x{cols}"
     out_v, out_json = out_dir / f"{name}.v", out_dir / f"{name}.json"
-    params = {"rows": rows, "cols": cols, "acc_depth": acc_depth}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + hardware_source_hash().encode()).hexdigest()
     if not force and _cached(out_v, out_json, key):
         return out_v, out_json
     from amaranth.back import verilog
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(engine, name="gemm_engine")
-    description = {
-        "design": "gemm_engine",
-        "toplevel": "gemm_engine",
-        "parameters": params,
-        "latency": {
-            "pipeline_depth": engine.pipeline_depth,
-            "matmul_latency": f"count + {2 * rows + cols + 2}",
-            "min_overlapped_count": engine.min_overlapped_count,
-            "store_latency": engine.store_latency,
-        },
-        "ports": [{"name": "clk", "direction": "input", "width": 1},
-                  {"name": "rst", "direction": "input", "width": 1}] + describe_ports(engine),
-        "payload_layouts": {
-            "mm_cmd": describe_layout(matmul_command_layout(acc_depth)),
-            "st_cmd": describe_layout(store_command_layout(acc_depth, cols)),
-        },
-        "cache_key": key,
-    }
+    text = verilog.convert(component, name=toplevel)
+    description = {"design": toplevel, "toplevel": toplevel, "parameters": params, **describe(),
+                   "ports": [{"name": "clk", "direction": "input", "width": 1},
+                             {"name": "rst", "direction": "input", "width": 1}] + describe_ports(component),
+                   "cache_key": key}
     _atomic_write(out_v, text)
     _atomic_write(out_json, json.dumps(description, indent=2) + "\n")
     return out_v, out_json
+
+
+def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=False) -> tuple[Path, Path]:
+    """Write the GEMM engine's Verilog and JSON description (latencies, command layouts); returns their paths."""
+    from .gemm_engine import GemmEngine, matmul_command_layout, store_command_layout
+
+    engine = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth)  # validates the parameters first
+    return _generate(engine, toplevel="gemm_engine", name=f"gemm_engine_{rows}x{cols}",
+                     params={"rows": rows, "cols": cols, "acc_depth": acc_depth}, out_dir=out_dir, force=force,
+                     describe=lambda: {
+                         "latency": {"pipeline_depth": engine.pipeline_depth,
+                                     "matmul_latency": f"count + {engine.matmul_latency(0)}",
+                                     "min_overlapped_count": engine.min_overlapped_count,
+                                     "store_latency": engine.store_latency},
+                         "payload_layouts": {"mm_cmd": describe_layout(matmul_command_layout(acc_depth)),
+                                             "st_cmd": describe_layout(store_command_layout(acc_depth, cols))}})
 
 
 def generate_accelerator(*, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_depth=512, param_depth=64,
@@ -125,31 +122,13 @@ def generate_accelerator(*, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_
     params = {"rows": rows, "cols": cols, "act_depth": act_depth, "wgt_depth": wgt_depth, "acc_depth": acc_depth,
               "param_depth": param_depth, "data_width": data_width}
     top = Accelerator(**params)  # validates the parameters first
-    out_dir = Path(out_dir)
-    name = f"accelerator_{rows}x{cols}"
-    out_v, out_json = out_dir / f"{name}.v", out_dir / f"{name}.json"
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + hardware_source_hash().encode()).hexdigest()
-    if not force and _cached(out_v, out_json, key):
-        return out_v, out_json
-    from amaranth.back import verilog
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(top, name="accelerator")
-    description = {
-        "design": "accelerator",
-        "toplevel": "accelerator",
-        "parameters": params,
-        "registers": [{"name": r.name.upper(), "offset": r.offset, "access": r.access,
-                       "description": r.description} for r in REGISTERS],
-        "error_codes": {e.name: int(e) for e in ErrorCode},
-        "ports": [{"name": "clk", "direction": "input", "width": 1},
-                  {"name": "rst", "direction": "input", "width": 1}] + describe_ports(top),
-        "docs": {"isa": "docs/isa.md"},
-        "cache_key": key,
-    }
-    _atomic_write(out_v, text)
-    _atomic_write(out_json, json.dumps(description, indent=2) + "\n")
-    return out_v, out_json
+    return _generate(top, toplevel="accelerator", name=f"accelerator_{rows}x{cols}", params=params,
+                     out_dir=out_dir, force=force,
+                     describe=lambda: {
+                         "registers": [{"name": r.name.upper(), "offset": r.offset, "access": r.access,
+                                        "description": r.description} for r in REGISTERS],
+                         "error_codes": {e.name: int(e) for e in ErrorCode},
+                         "docs": {"isa": "docs/isa.md"}})
 
 
 def main(argv=None):

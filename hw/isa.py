@@ -18,7 +18,7 @@ from enum import IntEnum
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "FIELDS",
     "Load", "Matmul", "Store", "Sync", "Halt", "IllegalInstruction", "AssemblyError",
-    "encode", "decode", "to_bytes", "from_bytes", "assemble", "disassemble", "HardwareConfig",
+    "encode", "decode", "to_bytes", "from_bytes", "assemble", "disassemble", "HardwareConfig", "param_entry_bytes",
 ]
 
 INSTRUCTION_BITS = 128
@@ -322,6 +322,11 @@ def assemble(text: str) -> list:
     return program
 
 
+def param_entry_bytes(cols: int) -> int:
+    """Bytes of one PARAM entry: bias and multiplier int32 per column, shift int8 per column, zp/min/max."""
+    return 9 * cols + 3
+
+
 @dataclass(frozen=True)
 class HardwareConfig:
     """What a program may address: the sizes the hardware reports in its configuration registers."""
@@ -335,7 +340,7 @@ class HardwareConfig:
 
     def row_bytes(self, buffer: Buffer) -> int:
         """Bytes in one entry of ``buffer``."""
-        return {Buffer.ACT: self.rows, Buffer.WGT: self.cols, Buffer.PARAM: 9 * self.cols + 3}[Buffer(buffer)]
+        return {Buffer.ACT: self.rows, Buffer.WGT: self.cols, Buffer.PARAM: param_entry_bytes(self.cols)}[Buffer(buffer)]
 
     def depth(self, buffer: Buffer) -> int:
         return {Buffer.ACT: self.act_depth, Buffer.WGT: self.wgt_depth, Buffer.PARAM: self.param_depth}[Buffer(buffer)]

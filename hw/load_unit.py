@@ -20,7 +20,7 @@ from .axi import _check_data_width
 from .axi4_master import (check_bus, read_command_layout, read_data_layout, word_offset_bits,
                           write_command_layout, write_data_layout, write_response_layout)
 from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature
-from .isa import Buffer, Opcode
+from .isa import Buffer, Opcode, param_entry_bytes
 from .systolic_array import check_array_size
 
 __all__ = ["LoadUnit", "read_command_layout", "read_data_layout", "write_command_layout", "write_data_layout",
@@ -144,7 +144,7 @@ class LoadUnit(wiring.Component):
             "wgt_wr_data": Out(data.ArrayLayout(signed(8), cols)),
             "wgt_wr_en": Out(1),
             "param_wr_addr": Out(address_bits(param_depth)),
-            "param_wr_data": Out(unsigned(8 * (9 * cols + 3))),
+            "param_wr_data": Out(unsigned(8 * param_entry_bytes(cols))),
             "param_wr_en": Out(1),
         })
 
@@ -162,7 +162,7 @@ class LoadUnit(wiring.Component):
 
     def entry_bytes(self, buffer: Buffer) -> int:
         """Bytes in one entry of ``buffer``."""
-        return {Buffer.ACT: self._rows, Buffer.WGT: self._cols, Buffer.PARAM: 9 * self._cols + 3}[Buffer(buffer)]
+        return {Buffer.ACT: self._rows, Buffer.WGT: self._cols, Buffer.PARAM: param_entry_bytes(self._cols)}[Buffer(buffer)]
 
     @property
     def command_latency(self) -> int:

@@ -5,7 +5,7 @@ Pure Python (no Amaranth) so the host-side driver and the testbenches import it 
 
 from dataclasses import dataclass
 
-__all__ = ["Register", "REGISTERS", "OFFSETS", "VERSION", "STATUS_BUSY", "STATUS_DONE", "status_error"]
+__all__ = ["Register", "REGISTERS", "OFFSETS", "COUNTERS", "CONFIG_REGISTERS", "VERSION", "STATUS_BUSY", "STATUS_DONE", "status_error"]
 
 #: VERSION register: major << 16 | minor.
 VERSION = 0x0001_0000
@@ -51,3 +51,8 @@ REGISTERS = (
 )
 
 OFFSETS = {r.name: r.offset for r in REGISTERS}
+
+#: The performance counters (cleared by START), in register order.
+COUNTERS = ("cycles", "load_busy", "compute_busy", "store_busy", "vectors", "instructions")
+#: The read-only registers that describe the hardware to a driver.
+CONFIG_REGISTERS = ("version", "rows", "cols", "act_depth", "wgt_depth", "acc_depth", "param_depth", "bus_bytes")

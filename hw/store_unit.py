@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from .epilogue import epilogue_params_layout
 from .gemm_engine import store_command_layout
 from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature
-from .isa import Opcode
+from .isa import Opcode, param_entry_bytes
 from .load_unit import (address_bits, check_bus, check_depth, rotate_bytes, word_offset_bits,
                         write_command_layout, write_data_layout, write_response_layout)
 from .systolic_array import check_array_size
@@ -125,7 +125,7 @@ class StoreUnit(wiring.Component):
             "idle": Out(1),
             "param_rd_addr": Out(address_bits(param_depth)),
             "param_rd_en": Out(1),
-            "param_rd_data": In(unsigned(8 * (9 * cols + 3))),
+            "param_rd_data": In(unsigned(8 * param_entry_bytes(cols))),
             "st_cmd": Out(stream.Signature(st_layout)),
             "out": In(stream.Signature(data.ArrayLayout(signed(32), cols))),
             "wr_cmd": Out(stream.Signature(write_command_layout(addr_width, data_width))),

@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from hw.regmap import OFFSETS, STATUS_BUSY, STATUS_DONE, status_error
+from hw.regmap import CONFIG_REGISTERS, COUNTERS, OFFSETS, STATUS_BUSY, STATUS_DONE, status_error
 
 from .axi_models import AxiLiteMaster, AxiRam, read_signal
 
 __all__ = ["AcceleratorHost", "RunResult", "COUNTERS", "CONFIG_REGISTERS"]
 
-COUNTERS = ("cycles", "load_busy", "compute_busy", "store_busy", "vectors", "instructions")
-CONFIG_REGISTERS = ("version", "rows", "cols", "act_depth", "wgt_depth", "acc_depth", "param_depth", "bus_bytes")
 
 
 @dataclass

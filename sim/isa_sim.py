@@ -286,6 +286,21 @@ class _RaceChecker:
 
 # ---- The simulator ----------------------------------------------------------------------------------------------
 
+def parse_bus_errors(bus_errors) -> list[tuple[int, int, str]]:
+    """Validate ``bus_errors`` - (start, end_exclusive, "slverr"|"decerr") byte ranges - for every backend."""
+    ranges = []
+    for item in bus_errors or ():
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise ValueError(f"bus_errors items must be (start, end_exclusive, kind) triples, not {item!r}")
+        start, end, kind = item
+        start = _check_int("bus error start", start, 0, 1 << 40)
+        end = _check_int("bus error end", end, start, 1 << 40)
+        if kind not in _BUS_ERROR_KINDS:
+            raise ValueError(f"bus error kind must be one of {_BUS_ERROR_KINDS}, not {kind!r}")
+        ranges.append((start, end, kind))
+    return ranges
+
+
 def _check_int(name, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
@@ -457,19 +472,11 @@ class IsaSimulator:
 
     @staticmethod
     def _bus_error_mask(bus_errors, size):
-        if bus_errors is None:
+        ranges = parse_bus_errors(bus_errors)
+        if not ranges:
             return None
-        mask = None
-        for item in bus_errors:
-            if not isinstance(item, (tuple, list)) or len(item) != 3:
-                raise ValueError(f"bus_errors items must be (start, end_exclusive, kind) triples, not {item!r}")
-            start, end, kind = item
-            start = _check_int("bus error start", start, 0, 1 << 40)
-            end = _check_int("bus error end", end, start, 1 << 40)
-            if kind not in _BUS_ERROR_KINDS:
-                raise ValueError(f"bus error kind must be one of {_BUS_ERROR_KINDS}, not {kind!r}")
-            if mask is None:
-                mask = np.zeros(size, dtype=bool)
+        mask = np.zeros(size, dtype=bool)
+        for start, end, _ in ranges:
             mask[min(start, size):min(end, size)] = True
         return mask
 

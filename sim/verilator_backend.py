@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from hw.isa import ErrorCode, HardwareConfig
-from hw.regmap import OFFSETS, STATUS_BUSY, STATUS_DONE, status_error
+from hw.regmap import CONFIG_REGISTERS, COUNTERS, OFFSETS, STATUS_BUSY, STATUS_DONE, status_error
+
+from .isa_sim import parse_bus_errors
 
 __all__ = ["VerilatorAccelerator", "VerilatorRunResult", "VerilatorBuildError", "SimulationTimeout",
            "AxiProtocolError", "HarnessBuild", "build_harness", "wrapper_verilog", "COUNTERS", "CONFIG_REGISTERS",
@@ -52,10 +54,6 @@ HARNESS_DIR = Path(__file__).resolve().parent / "harness"
 HARNESS_SOURCES = ("harness.cpp", "harness.h")
 DEFAULT_BUILD_DIR = ROOT / "build" / "verilator"
 
-#: Counter registers, in the order the harness returns them.
-COUNTERS = ("cycles", "load_busy", "compute_busy", "store_busy", "vectors", "instructions")
-#: Read-only configuration registers.
-CONFIG_REGISTERS = ("version", "rows", "cols", "act_depth", "wgt_depth", "acc_depth", "param_depth", "bus_bytes")
 
 #: Verilator options. --threads 1: the 4x4/8x8 designs are too small for a thread pool to pay off.
 VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "--no-timing", "--threads", "1",
@@ -67,7 +65,7 @@ MAKE_FLAGS = ("OPT_FAST=-O3", "OPT_SLOW=-O0", "OPT_GLOBAL=-O2")
 _ABI_VERSION = 1
 _MESSAGE_BYTES = 512
 _OK, _WATCHDOG, _CSR_FAILURE, _BAD_ARGUMENT = 0, 1, 2, 3
-_BUS_ERROR_KINDS = {"slverr": 2, "decerr": 3}
+_BUS_ERROR_KINDS = {"slverr": 2, "decerr": 3}  # AXI RESP codes of the kinds sim.isa_sim.parse_bus_errors accepts
 _LIBRARY = "libs8harness.so"
 _TOP = "s8_top"
 _KEPT_BUILDS = 4    # per configuration
@@ -467,14 +465,7 @@ class VerilatorAccelerator:
             if stall.all():
                 raise ValueError("backpressure must leave at least one cycle without a stall, or nothing moves")
         ranges = []
-        for item in bus_errors:
-            if not isinstance(item, (tuple, list)) or len(item) != 3:
-                raise ValueError(f"bus_errors items must be (start, end_exclusive, kind) triples, not {item!r}")
-            start, end, kind = item
-            start = _check_int("bus error start", start, 0, 1 << 40)
-            end = _check_int("bus error end", end, start, 1 << 40)
-            if kind not in _BUS_ERROR_KINDS:
-                raise ValueError(f"bus error kind must be one of {tuple(_BUS_ERROR_KINDS)}, not {kind!r}")
+        for start, end, kind in parse_bus_errors(bus_errors):
             ranges += [start, end, _BUS_ERROR_KINDS[kind]]
         errors = np.asarray(ranges, dtype=np.uint64)
 

@@ -321,6 +321,10 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     build_dir = Path(build_dir)
     work = build_dir / "fpga" / f"{target}-{label}"
     work.mkdir(parents=True, exist_ok=True)
+    # Outputs of an earlier run must not be mistaken for this run's (e.g. a bitstream after a failed re-run).
+    for stale in ("top.json", "yosys_stat.json", "nextpnr_report.json", "top.config", "top.asc", "top.bit",
+                  "top.bin"):
+        (work / stale).unlink(missing_ok=True)
     out_report = report_path(target, design, rows, cols, build_dir)
     out_report.parent.mkdir(parents=True, exist_ok=True)
     wall = {}

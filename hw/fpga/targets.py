@@ -123,7 +123,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     _ice40("ice40-up5k", "up5k", "iCE40UP5K-SG48", "sg48", 5280, 30, 8,
            # Pin 35 is a global buffer input (the iCEBreaker's 12 MHz clock).
            {"clk": "35", "rst": "10", "sdi": "4", "update": "2", "sdo": "47"},
-           "synth_ice40 -dsp", "Lattice iCE40 UltraPlus 5k: eight 16x16 DSPs; only tiny configurations fit.",
+           "synth_ice40 -dsp -device u", "Lattice iCE40 UltraPlus 5k: eight 16x16 DSPs; only tiny configurations fit.",
            extra={"spram_256kbit": 4}),
 )}
 

@@ -1,4 +1,3 @@
-# amaranth: UnusedElaboratable=no
 """Epilogue: every output bit-exact against ref_epilogue (sim.arith) over the spec's edge vectors, all shifts, full
 parameter ranges, raw mode, fused ReLU and random back-pressure; latency, throughput, capacity, validation, Verilog."""
 

@@ -3,7 +3,7 @@
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal, Value, signed
+from amaranth.hdl import Module, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -115,7 +115,8 @@ def test_engine_every_port_reachable():
             for f in ring.input_fields:
                 got = ctx.get(ports[f.name]) & ((1 << f.width) - 1)
                 if got != want_in[f.name]:
-                    failures.append(f"seed {seed} trial {trial}: input {f.name} = {got:#x}, shifted {want_in[f.name]:#x}")
+                    failures.append(f"seed {seed} trial {trial}: input {f.name} = {got:#x}, "
+                                    f"shifted {want_in[f.name]:#x}")
             await ctx.tick()
             # The outputs seen in the capture cycle are the ones the ring must return.
             want_out = 0
