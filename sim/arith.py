@@ -45,13 +45,18 @@ def srdhm(a, b) -> np.ndarray:
     """SaturatingRoundingDoublingHighMul of two int32 arrays (broadcast), returning int32."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    ab = a * b  # |a*b| <= 2**62: exact in int64
-    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    x = ab + nudge
-    # Division by 2**31 truncated toward zero (not floor): negate, shift, negate for negative values.
-    q = np.where(x >= 0, x >> 31, -((-x) >> 31))
+    x = a * b  # |a*b| <= 2**62: exact in int64
+    negative = x < 0
+    # nudge: 2**30 for ab >= 0, 1 - 2**30 for ab < 0 (= 2**30 - (2**31 - 1)).
+    x += 1 << 30
+    x -= negative * np.int64((1 << 31) - 1)
+    # Division by 2**31 truncated toward zero: for negative x, floor((x + 2**31 - 1) / 2**31).
+    x += (x >> 63) & np.int64((1 << 31) - 1)
+    x >>= 31
     saturate = (a == INT32_MIN) & (b == INT32_MIN)
-    return np.where(saturate, np.int64(INT32_MAX), q).astype(np.int32)
+    if np.any(saturate):
+        x = np.where(saturate, np.int64(INT32_MAX), x)
+    return x.astype(np.int32)
 
 
 def rdbpot(x, exponent) -> np.ndarray:
