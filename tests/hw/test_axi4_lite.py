@@ -13,7 +13,6 @@ from hw.axi4_lite import AXI4LiteRegisters
 from sim.amaranth_helpers import run_simulation
 from sim.cocotb_runner import run_cocotb
 
-pytestmark = pytest.mark.cocotb
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -84,6 +83,7 @@ def test_amaranth_write_before_address():
     assert log["b"] == (0, 1, 0x5678), f"B response, ctrl_we, ctrl = {log['b']}"
 
 
+@pytest.mark.cocotb
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 def test_axi4_lite_cocotb(simulator):
     build_dir = ROOT / "build" / "cocotb" / "axi4_lite" / simulator

@@ -18,7 +18,6 @@ from hw.axi4_master import AXI4Master
 from sim.amaranth_helpers import Throttle, run_simulation, stream_get, stream_put
 from sim.cocotb_runner import run_cocotb
 
-pytestmark = pytest.mark.cocotb
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -151,6 +150,7 @@ def test_amaranth_read_write(data_width, max_burst, cmds):
 NUM_CMDS = {"icarus": 12, "verilator": 60}
 
 
+@pytest.mark.cocotb
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 def test_axi4_master_cocotb(simulator):
     params = {"addr_width": 32, "data_width": 64, "max_burst": 16}
