@@ -24,6 +24,8 @@ def _common(parser, *, target=True):
         parser.add_argument("--freq", type=float, default=None,
                             help="clock constraint in MHz (default: 150 on ECP5, 50 on iCE40)")
         parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+        parser.add_argument("--router", choices=("router1", "router2"), default=None,
+                            help="nextpnr router (default router1; router2 is often faster on large designs)")
         parser.add_argument("--abc9-dff", action="store_true", help="let abc9 map across flops (Yosys -dff)")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per tool run")
 
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
             print(f"lint clean: {result['verilog']} ({result['command']})")
             return 0
         flow_args = dict(target=args.target, design=args.design, acc_depth=args.acc_depth, freq_mhz=args.freq,
-                         seed=args.seed, abc9_dff=args.abc9_dff, bitstream=not args.no_bitstream,
+                         seed=args.seed, abc9_dff=args.abc9_dff, router=args.router, bitstream=not args.no_bitstream,
                          build_dir=args.build_dir, timeout_s=args.timeout, log=say)
         if args.command == "synth":
             from .report import format_table

@@ -275,7 +275,7 @@ def _resource_entry(resource, used, available, source):
 def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8,
                acc_depth: int | None = None, freq_mhz: float | None = None, seed: int = 1, abc9_dff: bool = False,
                bitstream: bool = True, build_dir: str | os.PathLike = "build", timeout_s: float = 3600.0,
-               precheck: bool = True, log=None) -> dict:
+               precheck: bool = True, router: str | None = None, log=None) -> dict:
     """Run the whole flow for one configuration; return the report (also written to :func:`report_path`).
 
     Parameters
@@ -295,6 +295,9 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         Pack the bitstream (``.bit`` for ECP5, ``.bin`` for iCE40).
     precheck : bool
         Stop after synthesis if Yosys's cell counts already exceed the device (skipped only to test nextpnr's path).
+    router : str, optional
+        nextpnr router, ``"router1"`` or ``"router2"``; nextpnr's default (router1) if None. router2 is often
+        faster on large, congested designs.
     log : callable, optional
         Called with one progress line per stage.
 
@@ -315,6 +318,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         raise ValueError(f"Clock constraint must be a frequency in MHz in (0, 1000], not {freq_mhz!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"Placement seed must be a non-negative integer, not {seed!r}")
+    if router not in (None, "router1", "router2"):
+        raise ValueError(f"nextpnr router must be 'router1' or 'router2', not {router!r}")
     component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth)  # validates rows/cols/acc_depth
     label = config_label(design, rows, cols)
     config = f"{rows}x{cols} {design}"
@@ -341,6 +346,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     report = {
         "design": design, "target": target, "device": tgt.device, "package": tgt.package,
         "rows": rows, "cols": cols, "acc_depth": acc_depth, "seed": seed, "abc9_dff": abc9_dff,
+        "router": router or "router1",
         "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
                      "flops": ring.flop_count},
         "build_dir": str(work), "report_path": str(out_report),
@@ -383,7 +389,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     placed = "top.config" if tgt.family == "ecp5" else "top.asc"
     args = [*tgt.nextpnr_args, "--json", "top.json", "--lpf" if tgt.family == "ecp5" else "--pcf", constraints.name,
             "--textcfg" if tgt.family == "ecp5" else "--asc", placed, "--report", "nextpnr_report.json",
-            "--seed", str(seed), "--timing-allow-fail"]
+            "--seed", str(seed), "--timing-allow-fail", *(["--router", router] if router else [])]
     try:
         _run(tgt.nextpnr_tool, args, cwd=work, log=work / "nextpnr.log", timeout_s=timeout_s)
     except FlowError as exc:
