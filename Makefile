@@ -11,7 +11,9 @@ ACC_DEPTH ?= 512
 EXTRAS ?= torch,fpga,plot
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist clean help
+.PHONY: setup test test-fast sim verilog train mnist synth lint scaling clean help
+TARGET ?= ecp5-85k
+SIZES ?= 2,4,8,16
 BACKEND ?= verilator
 N ?= 300
 BATCH ?= 32
@@ -25,6 +27,9 @@ help:
 	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
 	@echo "make train    train the reference MNIST CNN (PyTorch, CPU, seeded) into models/mnist_float.npz"
 	@echo "make mnist    MNIST test images through the RTL (BACKEND=verilator|icarus|golden|cpu|gpu, N=, ROWS=, COLS=)"
+	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
+	@echo "make lint     verilator --lint-only on the generated Verilog with lint/verilator.vlt"
+	@echo "make scaling  synthesize SIZES= array sizes and tabulate resources and Fmax"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -55,6 +60,15 @@ train: $(STAMP)
 
 mnist: $(STAMP)
 	$(PY) -m sw.mnist_app run --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH)
+
+synth: $(STAMP)
+	$(PY) -m hw.fpga synth --target $(TARGET) --rows $(ROWS) --cols $(COLS)
+
+lint: $(STAMP)
+	$(PY) -m hw.fpga lint --rows $(ROWS) --cols $(COLS)
+
+scaling: $(STAMP)
+	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET)
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -116,8 +116,9 @@ def _run(tool: str, args: list[str], *, cwd: Path, log: Path, timeout_s: float) 
         try:
             proc = subprocess.run([exe, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout or "
-                            f"choose a smaller configuration") from None
+            hint = ", try --router router2" if "nextpnr" in tool else ""
+            raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout{hint} "
+                            f"or choose a smaller configuration") from None
     output = log.read_text(errors="replace")
     if proc.returncode != 0:
         error = FlowError(f"{tool} failed with exit status {proc.returncode} (log: {log}):\n{_tail(output)}")
