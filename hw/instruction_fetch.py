@@ -73,7 +73,6 @@ class InstructionFetch(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         beats = INSTRUCTION_BITS // self._data_width
-        bus_bytes = self._data_width // 8
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=fetched_layout().size, depth=self._depth)
 
         running = Signal()

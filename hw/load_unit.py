@@ -16,7 +16,6 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .axi import _check_data_width
 from .axi4_master import (check_bus, read_command_layout, read_data_layout, word_offset_bits,
                           write_command_layout, write_data_layout, write_response_layout)
 from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature

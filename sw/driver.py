@@ -12,12 +12,11 @@ gpu        the integer path on PyTorch: CUDA when a GPU is present, otherwise Py
 ========== ================================================================================================
 
 Every int8 backend gives bit-identical logits (the tests check it). Host layers (MaxPool2D, Flatten) run in NumPy
-for all of them. :func:`float_logits` runs the unquantized float network for comparison.
+for all of them.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +25,10 @@ import numpy as np
 from hw.isa import HardwareConfig
 
 from .compiler import compile_network
-from .reference import float_forward, int8_forward
+from .reference import int8_forward
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Driver", "Inference", "LayerStats", "DEFAULT_CONFIG",
-           "config_from_registers", "float_logits"]
+           "config_from_registers"]
 
 BACKENDS = ("cpu", "golden", "verilator", "icarus", "gpu")
 
@@ -217,10 +216,3 @@ class Driver:
             if "vectors" in counters:
                 stats.vectors = (stats.vectors or 0) + int(counters["vectors"])
         return self.compiled.output_of(step, program, dram, len(x))
-
-
-def float_logits(network, params, images) -> np.ndarray:
-    """The unquantized network's float logits for uint8 images (pixels / 255)."""
-    from .reference import images_to_float
-    return float_forward(network, params, images_to_float(np.asarray(images))[..., None]
-                         if np.asarray(images).ndim == 3 else images_to_float(images))

@@ -276,4 +276,5 @@ def images_to_float(images) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise MnistError(f"images must be a uint8 (N, H, W) array, not {images.dtype} {images.shape}")
-    return (images.astype(np.float32) / np.float32(255.0))[..., None]
+    from .reference import images_to_float as pixels_to_float  # the one pixel -> float rule
+    return pixels_to_float(images)[..., None]

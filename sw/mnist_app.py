@@ -23,9 +23,9 @@ import numpy as np
 from hw.isa import HardwareConfig
 
 from .driver import BACKENDS, DEFAULT_CONFIG, Driver
-from .mnist import load_mnist
+from .mnist import images_to_float, load_mnist
 from .model_io import load_float, load_quantized, save_quantized
-from .reference import float_forward, images_to_float
+from .reference import float_forward
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOAT_MODEL = ROOT / "models" / "mnist_float.npz"
@@ -63,7 +63,7 @@ def quantize_mnist(float_path=FLOAT_MODEL, out_path=INT8_MODEL, *, calibration=2
     from .quantize import quantize
     network, params = load_float(float_path)
     images, _ = load_mnist("train", directory=directory)
-    qnet = quantize(network, params, images_to_float(images[:calibration])[..., None], method=method)
+    qnet = quantize(network, params, images_to_float(images[:calibration]), method=method)
     save_quantized(out_path, qnet)
     return qnet
 
@@ -105,7 +105,7 @@ def run(backend="verilator", n=None, rows=8, cols=8, batch=32, model=INT8_MODEL,
                             wgt_depth=DEFAULT_CONFIG.wgt_depth, acc_depth=DEFAULT_CONFIG.acc_depth,
                             param_depth=DEFAULT_CONFIG.param_depth, bus_bytes=DEFAULT_CONFIG.bus_bytes)
     start = time.perf_counter()
-    float_pred = np.argmax(float_forward(network, params, images_to_float(images)[..., None]), axis=1)
+    float_pred = np.argmax(float_forward(network, params, images_to_float(images)), axis=1)
     cpu = Driver(qnet, backend="cpu", config=config).run(images)
     driver = Driver(qnet, backend=backend, config=config, batch_size=batch)
     if driver.note and not quiet:

@@ -6,7 +6,7 @@ import pytest
 
 from hw.dispatcher import TOKEN_QUEUES, Dispatcher, _queue_for
 from hw.isa import (FLAG_NAMES, TOKEN_MAX, Buffer, ErrorCode, Halt, HardwareConfig, IllegalInstruction, Load,
-                    Matmul, Opcode, Store, Sync, Unit, decode, encode, unit_of)
+                    Matmul, Store, Sync, Unit, decode, encode, unit_of)
 from sim.amaranth_helpers import Throttle, run_simulation, stream_get, stream_put
 
 CONFIG = HardwareConfig(rows=4, cols=3, act_depth=32, wgt_depth=16, acc_depth=16, param_depth=4)
