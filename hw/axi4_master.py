@@ -7,8 +7,9 @@ command into AXI4 INCR bursts of at most ``max_burst`` beats that never cross a 
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4Signature, AXIBurst, _check_data_width
@@ -74,6 +75,8 @@ class AXI4Master(wiring.Component):
         Bus data width in bits: 32, 64, 128 or 256. A *word* is one bus beat of ``data_width // 8`` bytes.
     max_burst : int
         Longest burst issued, 1 to 256 beats (use 16 for an AXI3 port such as the Zynq-7000 HP ports).
+    outstanding : int
+        Commands of each direction accepted and not yet finished (and write bursts awaiting B), 1 to 256.
 
     Members
     -------
@@ -102,16 +105,19 @@ class AXI4Master(wiring.Component):
     Latency, throughput and flow control
     ------------------------------------
     The first ``ARVALID``/``AWVALID`` of a command rises :attr:`address_latency` cycles after the command handshake;
-    later bursts follow back to back, without waiting for data or responses (no limit on outstanding bursts other
-    than the slave's ``ready``). R beats pass combinationally to ``rd_data`` (``r.ready`` is ``rd_data.ready``
-    while a command expects words) and ``wr_data`` to W (``wr_data.ready`` is ``w.ready``), so both directions
-    move one word per cycle and honour back-pressure from either side; no ``valid`` depends on a ``ready``. A new
-    command of a direction is accepted one cycle after the previous one of that direction completes; reads and
-    writes run independently. Error responses never stop a command: every word is still transferred and reported.
+    later bursts follow back to back, without waiting for data or responses. Commands are pipelined: a new command of
+    a direction is accepted as soon as every burst of the previous one has been presented on AR/AW (its data and
+    responses may still be outstanding), up to ``outstanding`` commands (and, for writes, ``outstanding`` bursts
+    awaiting B). So rows of a 2-D transfer, one short command each, cost one bus word per cycle, not one memory
+    round trip. R beats pass combinationally to ``rd_data`` (``r.ready`` is ``rd_data.ready`` while a command
+    expects words) and ``wr_data`` to W (``wr_data.ready`` is ``w.ready``), so both directions move one word per
+    cycle across command boundaries and honour back-pressure from either side; no ``valid`` depends on a ``ready``.
+    Reads and writes run independently. Error responses never stop a command: every word is still transferred and
+    reported.
     Measured (tests): a 1024-word read or write with a stall-free slave takes 1029-1030 cycles.
     """
 
-    def __init__(self, *, addr_width: int = 32, data_width: int = 64, max_burst: int = 16):
+    def __init__(self, *, addr_width: int = 32, data_width: int = 64, max_burst: int = 16, outstanding: int = 8):
         if not isinstance(addr_width, int) or isinstance(addr_width, bool) or not 12 <= addr_width <= 64:
             raise ValueError(f"Address width must be an integer from 12 to 64, not {addr_width!r}")
         _check_data_width(data_width)
@@ -119,7 +125,11 @@ class AXI4Master(wiring.Component):
             raise ValueError(f"Maximum burst length must be an integer from 1 to 256 beats, not {max_burst!r}")
         self._addr_width = addr_width
         self._data_width = data_width
+        if not isinstance(outstanding, int) or isinstance(outstanding, bool) or not 1 <= outstanding <= 256:
+            raise ValueError(f"Outstanding command limit must be an integer from 1 to 256, not {outstanding!r}")
         self._max_burst = max_burst
+        self._max_commands = outstanding
+        self._max_bursts = outstanding
         self._offset_bits = word_offset_bits(data_width)
         cmd = read_command_layout(addr_width, data_width)
         super().__init__({
@@ -137,6 +147,7 @@ class AXI4Master(wiring.Component):
     addr_width = property(lambda self: self._addr_width)
     data_width = property(lambda self: self._data_width)
     max_burst = property(lambda self: self._max_burst)
+    outstanding = property(lambda self: self._max_commands)
 
     @property
     def bytes_per_word(self) -> int:
@@ -157,8 +168,9 @@ class AXI4Master(wiring.Component):
         """Words in a 4 KiB page: no burst crosses a multiple of this word address."""
         return _PAGE_BYTES // self.bytes_per_word
 
-    def _address_channel(self, m, name: str, channel, active, start_word, start_beats, start):
-        """Issue the bursts of a command on ``channel``; returns (all bursts issued, handshake this cycle)."""
+    def _address_channel(self, m, name: str, channel, start_word, start_beats, start, room):
+        """Issue the bursts of a command on ``channel`` while ``room``; returns (every burst presented, a burst is
+        presented this cycle, its length, words left before it)."""
         word_bits = self._addr_width - self._offset_bits
         page_bits = self.page_words.bit_length() - 1
         word = Signal(word_bits, name=f"{name}_word")      # word address of the next burst
@@ -183,10 +195,13 @@ class AXI4Master(wiring.Component):
             channel.qos.eq(0),
         ]
         handshake = channel.valid & channel.ready
-        # The address registers reload in the cycle a burst is accepted, so bursts can go back to back.
-        with m.If(start):
-            m.d.sync += [word.eq(start_word), left.eq(start_beats)]
-        with m.Elif(active & (left != 0) & (~channel.valid | channel.ready)):
+        present = Signal(name=f"{name}_present")
+        # The address registers reload in the cycle a burst is accepted, so bursts can go back to back. A new
+        # command (``start``) is taken once every burst of the previous one has been presented, from the cycle its
+        # last burst is presented on (the command's registers win over the burst's update), so one-burst commands
+        # follow one per cycle.
+        m.d.comb += present.eq((left != 0) & (~channel.valid | channel.ready) & room)
+        with m.If(present):
             m.d.sync += [
                 channel.valid.eq(1),
                 channel.addr.eq(word << self._offset_bits),
@@ -196,23 +211,33 @@ class AXI4Master(wiring.Component):
             ]
         with m.Elif(handshake):
             m.d.sync += channel.valid.eq(0)
-        return (left == 0) & ~channel.valid, handshake
+        with m.If(start):
+            m.d.sync += [word.eq(start_word), left.eq(start_beats)]
+        # Free for the next command when no burst is left, or in the cycle the last one is presented.
+        free = (left == 0) | (present & (burst == left))
+        return free, present, burst, left
 
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
         page_last = self.page_words - 1
         page_bits = self.page_words.bit_length() - 1
+        word_bits = self._addr_width - self._offset_bits
 
         # ---------------------------------------------------------------- reads
-        rd_active = Signal()
-        r_left = Signal(self.beats_width)  # words of the command still to come on R
+        # Accepted commands wait in ``rd_queue`` (their word counts) for the R side; the AR side issues the
+        # bursts of one command after another as soon as each is accepted.
+        m.submodules.rd_queue = rd_queue = SyncFIFO(width=self.beats_width, depth=self._max_commands)
         rd_start = self.rd_cmd.valid & self.rd_cmd.ready
         rd_word = self.rd_cmd.payload.addr[self._offset_bits:]
-        ar_done, _ = self._address_channel(m, "ar", bus.ar, rd_active, rd_word, self.rd_cmd.payload.beats,
-                                           rd_start)
+        ar_free, _, _, ar_left = self._address_channel(m, "ar", bus.ar, rd_word, self.rd_cmd.payload.beats, rd_start,
+                                                 room=1)
+        r_left = Signal(self.beats_width)  # words of the current command still to come on R
+        r_handshake = bus.r.valid & bus.r.ready
         m.d.comb += [
-            self.rd_cmd.ready.eq(~rd_active),
+            self.rd_cmd.ready.eq(ar_free & rd_queue.w_rdy),
+            rd_queue.w_en.eq(rd_start & (self.rd_cmd.payload.beats != 0)),
+            rd_queue.w_data.eq(self.rd_cmd.payload.beats),
             self.rd_data.valid.eq(bus.r.valid & (r_left != 0)),
             bus.r.ready.eq(self.rd_data.ready & (r_left != 0)),
             self.rd_data.payload.data.eq(bus.r.data),
@@ -220,58 +245,82 @@ class AXI4Master(wiring.Component):
             # Count words ourselves rather than trust RLAST: a slave's wrong RLAST cannot lose a command.
             self.rd_data.payload.last.eq(r_left == 1),
         ]
-        with m.If(rd_start):
-            m.d.sync += [rd_active.eq(1), r_left.eq(self.rd_cmd.payload.beats)]
-        with m.Elif(bus.r.valid & bus.r.ready):
+        # The next command's count is taken in the cycle the current one's last word passes: no bubble.
+        with m.If((r_left == 0) | (r_handshake & (r_left == 1))):
+            m.d.comb += rd_queue.r_en.eq(1)
+            m.d.sync += r_left.eq(Mux(rd_queue.r_rdy, rd_queue.r_data, 0))
+        with m.Elif(r_handshake):
             m.d.sync += r_left.eq(r_left - 1)
-        with m.If(rd_active & ar_done & (r_left == 0)):
-            m.d.sync += rd_active.eq(0)
+        rd_active = Signal()
+        m.d.comb += rd_active.eq((ar_left != 0) | bus.ar.valid | (r_left != 0) | rd_queue.r_rdy)
 
         # --------------------------------------------------------------- writes
-        wr_active = Signal()
-        w_word = Signal(self._addr_width - self._offset_bits)  # word address of the next W beat
-        w_left = Signal(self.beats_width)
-        w_beat = Signal(range(self._max_burst))               # index of the next W beat in its burst
-        b_pending = Signal(self.beats_width)                 # bursts accepted on AW, B not yet received
-        wr_error = Signal()
-        resp_valid = Signal()
+        # Accepted commands wait in ``w_queue`` (start word and count) for the W side. Every burst presented on AW
+        # puts a mark in ``b_queue`` (is it its command's last burst?), a zero-word command a mark of its own, so
+        # the B responses, which come in AW order, are attributed to their commands without any burst arithmetic.
+        m.submodules.w_queue = w_queue = SyncFIFO(width=word_bits + self.beats_width, depth=self._max_commands)
+        m.submodules.b_queue = b_queue = SyncFIFO(width=2, depth=self._max_bursts)
         wr_start = self.wr_cmd.valid & self.wr_cmd.ready
         wr_word = self.wr_cmd.payload.addr[self._offset_bits:]
-        aw_done, aw_handshake = self._address_channel(m, "aw", bus.aw, wr_active, wr_word,
-                                                      self.wr_cmd.payload.beats, wr_start)
-        # The W side re-derives burst boundaries beat by beat; the greedy split (end at the command's last word,
-        # after max_burst beats, or at a page end, whichever comes first) matches the address side exactly.
+        wr_beats = self.wr_cmd.payload.beats
+        aw_free, aw_present, aw_burst, aw_left = self._address_channel(m, "aw", bus.aw, wr_word, wr_beats, wr_start,
+                                                                       room=b_queue.w_rdy)
+        m.d.comb += [
+            # A zero-word command's mark cannot share b_queue's write port with a presented burst: it waits a cycle.
+            self.wr_cmd.ready.eq(aw_free & w_queue.w_rdy & b_queue.w_rdy & ~(aw_present & (wr_beats == 0))),
+            w_queue.w_en.eq(wr_start & (wr_beats != 0)),
+            w_queue.w_data.eq(Cat(wr_word, wr_beats)),
+        ]
+        with m.If(aw_present):
+            m.d.comb += [b_queue.w_en.eq(1), b_queue.w_data.eq(Cat(aw_burst == aw_left, 0))]
+        with m.Elif(wr_start & (wr_beats == 0)):
+            m.d.comb += [b_queue.w_en.eq(1), b_queue.w_data.eq(Cat(1, 1))]
+
+        # W: beats of the current command; WLAST re-derived beat by beat with the greedy split of the address side
+        # (end at the command's last word, after max_burst beats, or at a page end, whichever comes first).
+        w_word = Signal(word_bits)                 # word address of the next W beat
+        w_left = Signal(self.beats_width)
+        w_beat = Signal(range(self._max_burst))    # index of the next W beat in its burst
         w_handshake = bus.w.valid & bus.w.ready
         m.d.comb += [
-            self.wr_cmd.ready.eq(~wr_active),
             bus.w.valid.eq(self.wr_data.valid & (w_left != 0)),
             self.wr_data.ready.eq(bus.w.ready & (w_left != 0)),
             bus.w.data.eq(self.wr_data.payload.data),
             bus.w.strb.eq(self.wr_data.payload.strb),
             bus.w.last.eq((w_left == 1) | (w_beat == self._max_burst - 1) | (w_word[:page_bits] == page_last)),
-            bus.b.ready.eq(1),
         ]
-        b_handshake = bus.b.valid & bus.b.ready
-        with m.If(wr_start):
-            m.d.sync += [wr_active.eq(1), w_word.eq(wr_word), w_left.eq(self.wr_cmd.payload.beats),
-                         w_beat.eq(0), wr_error.eq(0)]
+        with m.If((w_left == 0) | (w_handshake & (w_left == 1))):
+            m.d.comb += w_queue.r_en.eq(1)
+            m.d.sync += [w_word.eq(w_queue.r_data[:word_bits]),
+                         w_left.eq(Mux(w_queue.r_rdy, w_queue.r_data[word_bits:], 0)), w_beat.eq(0)]
         with m.Elif(w_handshake):
             m.d.sync += [w_word.eq(w_word + 1), w_left.eq(w_left - 1),
                          w_beat.eq(Mux(bus.w.last, 0, w_beat + 1))]
-        with m.If(aw_handshake & ~b_handshake):
-            m.d.sync += b_pending.eq(b_pending + 1)
-        with m.Elif(b_handshake & ~aw_handshake & (b_pending != 0)):
-            m.d.sync += b_pending.eq(b_pending - 1)
-        with m.If(b_handshake & wr_active & bus.b.resp[1]):
-            m.d.sync += wr_error.eq(1)
 
-        with m.If(wr_active & ~resp_valid & aw_done & (w_left == 0) & (b_pending == 0)):
-            m.d.sync += resp_valid.eq(1)
+        # B: one mark per response; a command's response leaves after the B of its last burst (or at once for a
+        # zero-word command). B waits while a finished response has not been taken.
+        resp_valid = Signal()
+        resp_error = Signal()
+        wr_error = Signal()                        # an error seen on the current command's earlier bursts
+        mark_last, mark_empty = b_queue.r_data[0], b_queue.r_data[1]
+        m.d.comb += bus.b.ready.eq(~resp_valid & b_queue.r_rdy & ~mark_empty)
+        b_handshake = bus.b.valid & bus.b.ready
         with m.If(self.wr_resp.valid & self.wr_resp.ready):
-            m.d.sync += [resp_valid.eq(0), wr_active.eq(0)]
+            m.d.sync += resp_valid.eq(0)
+        with m.If(~resp_valid & b_queue.r_rdy & mark_empty):
+            m.d.comb += b_queue.r_en.eq(1)
+            m.d.sync += [resp_valid.eq(1), resp_error.eq(0)]
+        with m.Elif(b_handshake):
+            m.d.comb += b_queue.r_en.eq(1)
+            with m.If(mark_last):
+                m.d.sync += [resp_valid.eq(1), resp_error.eq(wr_error | bus.b.resp[1]), wr_error.eq(0)]
+            with m.Else():
+                m.d.sync += wr_error.eq(wr_error | bus.b.resp[1])
+        wr_active = Signal()
         m.d.comb += [
+            wr_active.eq((aw_left != 0) | bus.aw.valid | (w_left != 0) | w_queue.r_rdy | b_queue.r_rdy | resp_valid),
             self.wr_resp.valid.eq(resp_valid),
-            self.wr_resp.payload.error.eq(wr_error),
+            self.wr_resp.payload.error.eq(resp_error),
             self.rd_busy.eq(rd_active),
             self.wr_busy.eq(wr_active),
             self.busy.eq(rd_active | wr_active),

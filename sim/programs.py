@@ -6,21 +6,28 @@ the golden simulator (:class:`sim.isa_sim.IsaSimulator`) or on the RTL and compa
 
 Tiling
 ------
-C is cut into *chunks*: N in tiles of ``cols`` columns (outer loop), M in chunks of ``m_chunk`` rows (inner loop).
-A chunk is computed in *steps*, each covering ``k_group`` consecutive K tiles of ``k_tile`` rows (``rows`` unless
-the weight buffer is shallower). For every K tile a step loads the weight tile ``W[k0:k1, n0:n1]`` (``k1-k0``
-WGT entries, stride N) and the activation tile ``A[m0:m1, k0:k1]`` (``m1-m0`` ACT entries, stride K), fetched in
-place with 2-D LOADs; then one MATMUL per K tile accumulates into the chunk's accumulator rows (the chunk's first
-MATMUL overwrites). After the chunk's last step one STORE writes ``C[m0:m1, n0:n1]`` through the epilogue with the
-tile's PARAM entry. The PARAM entry of an N tile is loaded with the first step of the tile's first chunk.
+C is cut into *chunks* of ``m_chunk`` rows by ``n_group`` N tiles of ``cols`` columns (N groups outer, M chunks
+inner); a chunk's ``n_group * m_chunk`` accumulator rows stay in the accumulator memory until its STOREs. A chunk
+is computed in *steps*, each covering ``k_group`` consecutive K tiles of ``k_tile`` rows (``rows`` unless the weight
+buffer is shallower). For every K tile a step loads the activation tile ``A[m0:m1, k0:k1]`` once (``m1-m0`` ACT
+entries, stride K) and the weight tile ``W[k0:k1, n0:n1]`` of each N tile of the group (``k1-k0`` WGT entries,
+stride N), fetched in place with 2-D LOADs; then one MATMUL per K tile and N tile accumulates into that tile's
+accumulator rows (the chunk's first MATMULs overwrite). So an activation tile is fetched once for ``n_group``
+MATMULs, and a weight tile once for ``m_chunk`` vectors. After the chunk's last step one STORE per N tile writes
+``C[m0:m1, n0:n1]`` through the epilogue with the tile's PARAM entry. The PARAM entry of an N tile is loaded with
+the first step of the tile's first chunk.
+
+:func:`plan_tiling` picks ``(m_chunk, n_group)`` with a rough cost estimate (each K tile costs the larger of its
+MATMUL cycles and the bus words of its loads and instruction fetches), preferring MATMULs long enough to hide the
+array's tile hand-over; ``sim.cycle_model`` gives exact cycle counts.
 
 Buffers
 -------
 ACT and WGT are split in ``in_slots`` halves (2 when they are deep enough, else 1): step ``s`` uses half ``s % 2``.
 The accumulator is split in ``acc_slots`` halves: chunk ``c`` uses half ``c % 2``. PARAM has
 ``param_slots = min(param_depth, N tiles)`` entries: tile ``j`` uses entry ``j % param_slots``.
-``m_chunk = min(M, ACT half, accumulator half)`` and ``k_group = min(K tiles, ACT half // m_chunk,
-WGT half // k_tile)``.
+``n_group * m_chunk <= accumulator half``, ``k_group * m_chunk <= ACT half`` and
+``k_group * n_group * k_tile <= WGT half``.
 
 Tokens (VTA style)
 ------------------
@@ -72,9 +79,11 @@ class GemmTiling:
     m_chunk: int
     k_tile: int
     k_group: int
+    n_group: int
     m_chunks: int
     k_tiles: int
     n_tiles: int
+    n_groups: int
     in_slots: int
     acc_slots: int
     param_slots: int
@@ -83,8 +92,44 @@ class GemmTiling:
     acc_half: int
 
 
+#: Cycles a LOAD instruction costs beyond its bus words (a rough figure for ranking tilings).
+_LOAD_OVERHEAD = 4
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _words(nbytes: int, bus_bytes: int, aligned: bool) -> int:
+    """Bus words a row of ``nbytes`` covers (one more when it may straddle a word boundary)."""
+    return _ceil(nbytes, bus_bytes) + (0 if aligned or bus_bytes == 1 else 1)
+
+
+def _estimate(m, k, n, config, m_chunk, n_group, k_tile):
+    """Rough cycles of a tiling: every K tile of every chunk costs the larger of its MATMULs (with the hand-over
+    bubble of short ones) and the bus words its loads and instruction fetches need; the first loads are not hidden.
+    Only used to rank tilings, never as a figure."""
+    bus = config.bus_bytes
+    n_tiles, k_tiles = _ceil(n, config.cols), _ceil(k, k_tile)
+    min_count = config.rows + config.cols + 4
+    a_words = _words(k_tile, bus, k % bus == 0 and k_tile % bus == 0)
+    w_words = _words(config.cols, bus, n % bus == 0 and config.cols % bus == 0)
+    fetch = _ceil(16, bus)
+    total = 0
+    for m0 in range(0, m, m_chunk):
+        mm = min(m_chunk, m - m0)
+        for j0 in range(0, n_tiles, n_group):
+            g = min(n_group, n_tiles - j0)
+            compute = g * max(mm, min_count)
+            # Each LOAD also pays a few cycles of command and write-back latency.
+            reads = mm * a_words + g * k_tile * w_words + fetch * (1 + 2 * g) + _LOAD_OVERHEAD * (1 + g)
+            total += k_tiles * max(compute, reads)
+    return total + mm * a_words + g * k_tile * w_words
+
+
 def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
-    """The tiling of an ``(m x k) @ (k x n)`` GEMM on ``config``."""
+    """The tiling of an ``(m x k) @ (k x n)`` GEMM on ``config``: the (chunk rows, N tiles per chunk) pair with
+    the fewest estimated cycles, then the largest K group the input halves hold."""
     act_depth = min(config.act_depth, _MAX_FIELD_DEPTH)
     wgt_depth = min(config.wgt_depth, _MAX_FIELD_DEPTH)
     acc_depth = min(config.acc_depth, _MAX_FIELD_DEPTH)
@@ -92,13 +137,22 @@ def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
     acc_slots = 2 if acc_depth >= 2 else 1
     act_half, wgt_half, acc_half = act_depth // in_slots, wgt_depth // in_slots, acc_depth // acc_slots
     k_tile = min(config.rows, wgt_half)
-    m_chunk = min(m, act_half, acc_half, _MAX_FIELD_DEPTH - 1)
-    k_tiles = -(-k // k_tile)
-    k_group = max(1, min(k_tiles, act_half // m_chunk, wgt_half // k_tile))
-    return GemmTiling(m_chunk=m_chunk, k_tile=k_tile, k_group=k_group, m_chunks=-(-m // m_chunk), k_tiles=k_tiles,
-                      n_tiles=-(-n // config.cols), in_slots=in_slots, acc_slots=acc_slots,
-                      param_slots=min(config.param_depth, -(-n // config.cols)),
-                      act_half=act_half, wgt_half=wgt_half, acc_half=acc_half)
+    k_tiles, n_tiles = _ceil(k, k_tile), _ceil(n, config.cols)
+    param_slots = min(config.param_depth, n_tiles)
+    best = None
+    for n_group in range(1, min(n_tiles, param_slots, acc_half, wgt_half // k_tile) + 1):
+        m_chunk = min(m, act_half, acc_half // n_group, _MAX_FIELD_DEPTH - 1)
+        if n_group > 1 and m_chunk < min(m, config.rows + config.cols + 4):
+            break           # wider groups only shorten the MATMULs below the hand-over bubble
+        cost = _estimate(m, k, n, config, m_chunk, n_group, k_tile)
+        if best is None or cost <= best[0]:     # ties go to the wider group (more slack on the bus)
+            best = (cost, m_chunk, n_group)
+    _, m_chunk, n_group = best
+    k_group = max(1, min(k_tiles, act_half // m_chunk, wgt_half // (k_tile * n_group)))
+    return GemmTiling(m_chunk=m_chunk, k_tile=k_tile, k_group=k_group, n_group=n_group, m_chunks=_ceil(m, m_chunk),
+                      k_tiles=k_tiles, n_tiles=n_tiles, n_groups=_ceil(n_tiles, n_group), in_slots=in_slots,
+                      acc_slots=acc_slots, param_slots=param_slots, act_half=act_half, wgt_half=wgt_half,
+                      acc_half=acc_half)
 
 
 @dataclass(eq=False)
@@ -247,96 +301,132 @@ def _schedule(m, k, n, config, t: GemmTiling, raw, addr):
     cols = config.cols
     csize = 4 if raw else 1
     entry_bytes = config.row_bytes(Buffer.PARAM)
-    chunks = []     # (tile j, m0, m1, first step, last step)
+    chunks = []     # (first N tile, end N tile, m0, m1, first step, last step)
     steps = []      # (chunk, [(k0, k1), ...])
-    for j in range(t.n_tiles):
+    for j0 in range(0, t.n_tiles, t.n_group):
+        j1 = min(j0 + t.n_group, t.n_tiles)
         for m0 in range(0, m, t.m_chunk):
             first = len(steps)
             for g0 in range(0, t.k_tiles, t.k_group):
                 tiles = [(kt * t.k_tile, min((kt + 1) * t.k_tile, k))
                          for kt in range(g0, min(g0 + t.k_group, t.k_tiles))]
                 steps.append((len(chunks), tiles))
-            chunks.append((j, m0, min(m0 + t.m_chunk, m), first, len(steps) - 1))
+            chunks.append((j0, j1, m0, min(m0 + t.m_chunk, m), first, len(steps) - 1))
     tile_first_step = {}
     tile_last_chunk = {}
-    for c, (j, _, _, first, _) in enumerate(chunks):
-        tile_first_step.setdefault(j, first)
-        tile_last_chunk[j] = c
+    for c, (j0, j1, _, _, first, _) in enumerate(chunks):
+        for j in range(j0, j1):
+            tile_first_step.setdefault(j, first)
+            tile_last_chunk[j] = c
 
     e = _Emitter()
     last_load, last_mm, store_at, param_load = {}, {}, {}, {}
     n_steps, n_chunks = len(steps), len(chunks)
 
+    def new_tiles(step):
+        """The N tiles whose PARAM entry ``step`` loads (those whose first step it is)."""
+        j0, j1 = chunks[steps[step][0]][:2]
+        return [j for j in range(j0, j1) if tile_first_step[j] == step]
+
     def param_reuse(step):
-        """The tile whose last STORE must finish before ``step`` loads its PARAM entry (or None)."""
-        j = chunks[steps[step][0]][0]
-        if tile_first_step[j] != step or j < t.param_slots:
-            return None
-        return tile_last_chunk[j - t.param_slots]
+        """The chunks whose STOREs must finish before ``step`` loads its PARAM entries."""
+        return [tile_last_chunk[j - t.param_slots] for j in new_tiles(step) if j >= t.param_slots]
 
     def loads_ready(step):
-        before = param_reuse(step)
-        return (step < t.in_slots or step - t.in_slots in last_mm) and (before is None or before in store_at)
+        return ((step < t.in_slots or step - t.in_slots in last_mm)
+                and all(before in store_at for before in param_reuse(step)))
 
     def emit_loads(step):
+        """Emit the loads of ``step`` one instruction per iteration (so COMPUTE can interleave them)."""
         c, tiles = steps[step]
-        j, m0, m1 = chunks[c][:3]
-        n0, n1 = j * cols, min((j + 1) * cols, n)
+        j0, j1, m0, m1 = chunks[c][:4]
         half = step % t.in_slots
         if step >= t.in_slots:
             e.need(Unit.LOAD, Unit.COMPUTE, last_mm[step - t.in_slots])
+        for before in param_reuse(step):
+            e.need(Unit.LOAD, Unit.STORE, store_at[before])
         instrs = []
-        if tile_first_step[j] == step:
-            before = param_reuse(step)
-            if before is not None:
-                e.need(Unit.LOAD, Unit.STORE, store_at[before])
+        for j in new_tiles(step):
             instrs.append(Load(buffer=Buffer.PARAM, buf_addr=j % t.param_slots, y_size=1, x_size=entry_bytes,
                                stride=0, dram_addr=addr["param"] + j * entry_bytes))
         for i, (k0, k1) in enumerate(tiles):
-            instrs.append(Load(buffer=Buffer.WGT, buf_addr=half * t.wgt_half + i * t.k_tile, y_size=k1 - k0,
-                               x_size=n1 - n0, stride=n, dram_addr=addr["w"] + k0 * n + n0))
             instrs.append(Load(buffer=Buffer.ACT, buf_addr=half * t.act_half + i * t.m_chunk, y_size=m1 - m0,
                                x_size=k1 - k0, stride=k, dram_addr=addr["a"] + m0 * k + k0))
+            for j in range(j0, j1):
+                n0, n1 = j * cols, min((j + 1) * cols, n)
+                instrs.append(Load(buffer=Buffer.WGT,
+                                   buf_addr=half * t.wgt_half + (i * t.n_group + j - j0) * t.k_tile,
+                                   y_size=k1 - k0, x_size=n1 - n0, stride=n, dram_addr=addr["w"] + k0 * n + n0))
         for i, instr in enumerate(instrs):
             index = e.emit(instr, push=(Unit.COMPUTE,) if i == len(instrs) - 1 else ())
             if instr.buffer == Buffer.PARAM:
-                param_load[j] = index
+                param_load[instr.dram_addr] = index
+            yield
         last_load[step] = index
 
-    def emit_compute(step):
+    def load_count(step):
         c, tiles = steps[step]
-        j, m0, m1, first, last = chunks[c]
+        j0, j1 = chunks[c][:2]
+        return len(new_tiles(step)) + len(tiles) * (1 + j1 - j0)
+
+    def emit_compute(step, prefetch=None, prefetch_count=0):
+        """Emit the MATMULs of ``step``, each followed by its share of the ``prefetch`` loads (the next step's):
+        the dispatcher hands instructions out in program order through short unit queues, so a long run of one
+        unit's instructions would stall the other unit."""
+        c, tiles = steps[step]
+        j0, j1, m0, m1, first, last = chunks[c]
         half = step % t.in_slots
         e.need(Unit.COMPUTE, Unit.LOAD, last_load[step])
         if step == first and c >= t.acc_slots:
             e.need(Unit.COMPUTE, Unit.STORE, store_at[c - t.acc_slots])
+        total = len(tiles) * (j1 - j0)
+        done = emitted = 0
         for i, (k0, k1) in enumerate(tiles):
-            push = ()
-            if i == len(tiles) - 1:
-                push = ((Unit.LOAD,) if step + t.in_slots < n_steps else ()) + ((Unit.STORE,) if step == last else ())
-            index = e.emit(Matmul(act_addr=half * t.act_half + i * t.m_chunk, wgt_addr=half * t.wgt_half + i * t.k_tile,
-                                  acc_addr=(c % t.acc_slots) * t.acc_half, count=m1 - m0, k_rows=k1 - k0,
-                                  accumulate=not (step == first and i == 0)), push=push)
+            for j in range(j0, j1):
+                push = ()
+                if i == len(tiles) - 1 and j == j1 - 1:
+                    push = (((Unit.LOAD,) if step + t.in_slots < n_steps else ())
+                            + ((Unit.STORE,) if step == last else ()))
+                index = e.emit(Matmul(act_addr=half * t.act_half + i * t.m_chunk,
+                                      wgt_addr=half * t.wgt_half + (i * t.n_group + j - j0) * t.k_tile,
+                                      acc_addr=(c % t.acc_slots) * t.acc_half + (j - j0) * t.m_chunk,
+                                      count=m1 - m0, k_rows=k1 - k0, accumulate=not (step == first and i == 0)),
+                               push=push)
+                done += 1
+                if prefetch is not None and done < total:
+                    while emitted < prefetch_count * done // total:
+                        next(prefetch)
+                        emitted += 1
         last_mm[step] = index
+        if prefetch is not None:
+            for _ in prefetch:
+                pass
 
     def emit_store(c):
-        j, m0, m1, _, last = chunks[c]
-        n0, n1 = j * cols, min((j + 1) * cols, n)
+        j0, j1, m0, m1, _, last = chunks[c]
         e.need(Unit.STORE, Unit.COMPUTE, last_mm[last])
-        e.need(Unit.STORE, Unit.LOAD, param_load[j])
-        store_at[c] = e.emit(Store(acc_addr=(c % t.acc_slots) * t.acc_half, count=m1 - m0,
-                                   param_addr=j % t.param_slots, n_cols=n1 - n0, stride=n * csize,
-                                   dram_addr=addr["c"] + (m0 * n + n0) * csize, raw=bool(raw)),
-                             push=(Unit.COMPUTE,) if c + t.acc_slots < n_chunks else ())
+        for j in range(j0, j1):
+            n0, n1 = j * cols, min((j + 1) * cols, n)
+            e.need(Unit.STORE, Unit.LOAD, param_load[addr["param"] + j * entry_bytes])
+            index = e.emit(Store(acc_addr=(c % t.acc_slots) * t.acc_half + (j - j0) * t.m_chunk, count=m1 - m0,
+                                 param_addr=j % t.param_slots, n_cols=n1 - n0, stride=n * csize,
+                                 dram_addr=addr["c"] + (m0 * n + n0) * csize, raw=bool(raw)),
+                           push=(Unit.COMPUTE,) if j == j1 - 1 and c + t.acc_slots < n_chunks else ())
+        store_at[c] = index
 
     loaded = 0
     for step in range(n_steps):
-        while loaded < min(n_steps, step + t.in_slots) and (loaded == step or loads_ready(loaded)):
-            emit_loads(loaded)
+        while loaded <= step:            # a step's own loads come before its MATMULs
+            for _ in emit_loads(loaded):
+                pass
             loaded += 1
-        emit_compute(step)
+        prefetch, count = None, 0
+        if loaded < min(n_steps, step + t.in_slots) and loads_ready(loaded):
+            prefetch, count = emit_loads(loaded), load_count(loaded)
+            loaded += 1
+        emit_compute(step, prefetch, count)
         c = steps[step][0]
-        if chunks[c][4] == step:
+        if chunks[c][5] == step:
             emit_store(c)
     return e.finish()
 

@@ -2,6 +2,7 @@
 rest of DRAM untouched, balance their tokens and are well formed (no unordered buffer reuse)."""
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -37,8 +38,8 @@ def random_config(rng):
 
 def estimated_instructions(m, k, n, config):
     t = plan_tiling(m, k, n, config)
-    steps = t.n_tiles * t.m_chunks * -(-t.k_tiles // t.k_group)
-    return t.n_tiles * t.m_chunks * (3 * t.k_tiles + 1) + steps
+    steps = t.n_groups * t.m_chunks * -(-t.k_tiles // t.k_group)
+    return t.m_chunks * (t.n_tiles * (2 * t.k_tiles + 1) + t.n_groups * t.k_tiles) + steps
 
 
 def random_case(seed):
@@ -166,7 +167,7 @@ def test_raw_mode_stores_int32():
     check_program(gp, kwargs, "raw")
 
 
-def test_loads_of_the_next_step_are_dispatched_before_the_current_compute():
+def test_loads_of_the_next_step_are_dispatched_with_the_current_compute():
     kwargs = small_case(4, m=10, k=20, n=8)
     config = HardwareConfig(rows=4, cols=4, act_depth=8, wgt_depth=8, acc_depth=8, param_depth=4)
     gp = gemm_program(**kwargs, config=config)
@@ -174,10 +175,13 @@ def test_loads_of_the_next_step_are_dispatched_before_the_current_compute():
     assert (t.in_slots, t.acc_slots, t.k_group, t.m_chunk) == (2, 2, 1, 4)
     program = gp.program
     matmuls = [i for i, x in enumerate(program) if isinstance(x, Matmul)]
-    # Before the first MATMUL, LOAD has already filled both halves of ACT and WGT.
-    halves = {(x.buffer, x.buf_addr // (t.act_half if x.buffer == Buffer.ACT else t.wgt_half))
-              for x in program[:matmuls[0]] if isinstance(x, Load) and x.buffer != Buffer.PARAM}
-    assert halves == {(Buffer.ACT, 0), (Buffer.ACT, 1), (Buffer.WGT, 0), (Buffer.WGT, 1)}
+    def halves(upto):
+        return {(x.buffer, x.buf_addr // (t.act_half if x.buffer == Buffer.ACT else t.wgt_half))
+                for x in program[:upto] if isinstance(x, Load) and x.buffer != Buffer.PARAM}
+    # The first MATMUL follows the loads of half 0; the next step's loads into half 1 are dispatched with it,
+    # before the second MATMUL, so LOAD fills one half while COMPUTE works on the other.
+    assert halves(matmuls[0]) == {(Buffer.ACT, 0), (Buffer.WGT, 0)}
+    assert halves(matmuls[1]) == {(Buffer.ACT, 0), (Buffer.ACT, 1), (Buffer.WGT, 0), (Buffer.WGT, 1)}
     # Consecutive steps alternate halves; consecutive chunks alternate accumulator halves.
     act_halves = [program[i].act_addr // t.act_half for i in matmuls]
     assert act_halves == [s % 2 for s in range(len(matmuls))]
@@ -202,9 +206,27 @@ def test_param_entries_are_reused_through_a_compute_relay():
 
 def test_tiling_of_a_big_gemm_on_the_default_config():
     t = plan_tiling(1000, 300, 70, HardwareConfig())
-    assert (t.in_slots, t.acc_slots, t.acc_half, t.m_chunk, t.k_tile) == (2, 2, 256, 256, 8)
-    assert (t.m_chunks, t.k_tiles, t.n_tiles, t.param_slots) == (4, 38, 9, 9)
-    assert t.k_group == 4      # ACT half 1024 entries / 256 rows
+    assert (t.in_slots, t.acc_slots, t.acc_half, t.act_half, t.wgt_half, t.k_tile) == (2, 2, 256, 1024, 1024, 8)
+    assert (t.k_tiles, t.n_tiles, t.param_slots) == (38, 9, 9)
+    assert t.n_group > 1, "activation tiles should serve several N tiles"
+    assert t.n_group * t.m_chunk <= t.acc_half
+    assert t.k_group * t.m_chunk <= t.act_half and t.k_group * t.n_group * t.k_tile <= t.wgt_half
+    assert t.m_chunks == -(-1000 // t.m_chunk) and t.n_groups == -(-9 // t.n_group)
+
+
+@pytest.mark.parametrize("m, k, n", [(32, 1600, 512), (3872, 288, 64), (2704, 9, 32), (7, 5, 3)])
+def test_each_activation_tile_is_fetched_once_per_n_group(m, k, n):
+    """ACT loads: one per K tile of each chunk (not one per N tile); WGT loads: one per K tile, N tile and M chunk."""
+    config = HardwareConfig()
+    t = plan_tiling(m, k, n, config)
+    program = gemm_program(np.zeros((m, k), np.int8), np.zeros((k, n), np.int8), 0, 1 << 30, 0, config=config,
+                           with_expected=False).program
+    loads = Counter(x.buffer for x in program if isinstance(x, Load))
+    assert loads[Buffer.ACT] == t.m_chunks * t.n_groups * t.k_tiles, t
+    assert loads[Buffer.WGT] == t.m_chunks * t.n_tiles * t.k_tiles, t
+    assert loads[Buffer.PARAM] == t.n_tiles
+    assert sum(isinstance(x, Matmul) for x in program) == t.m_chunks * t.n_tiles * t.k_tiles
+    assert sum(isinstance(x, Store) for x in program) == t.m_chunks * t.n_tiles
 
 
 def test_stripped_tokens_are_reported_as_races():
