@@ -298,16 +298,19 @@ class AXI4Master(wiring.Component):
                          w_beat.eq(Mux(bus.w.last, 0, w_beat + 1))]
 
         # B: one mark per response; a command's response leaves after the B of its last burst (or at once for a
-        # zero-word command). B waits while a finished response has not been taken.
+        # zero-word command). B waits while a finished response is offered and not taken.
         resp_valid = Signal()
         resp_error = Signal()
         wr_error = Signal()                        # an error seen on the current command's earlier bursts
         mark_last, mark_empty = b_queue.r_data[0], b_queue.r_data[1]
-        m.d.comb += bus.b.ready.eq(~resp_valid & b_queue.r_rdy & ~mark_empty)
+        # A response slot is free when empty or being taken this cycle, so one-burst commands finish one per cycle.
+        resp_free = Signal()
+        m.d.comb += [resp_free.eq(~resp_valid | self.wr_resp.ready),
+                     bus.b.ready.eq(resp_free & b_queue.r_rdy & ~mark_empty)]
         b_handshake = bus.b.valid & bus.b.ready
         with m.If(self.wr_resp.valid & self.wr_resp.ready):
             m.d.sync += resp_valid.eq(0)
-        with m.If(~resp_valid & b_queue.r_rdy & mark_empty):
+        with m.If(resp_free & b_queue.r_rdy & mark_empty):
             m.d.comb += b_queue.r_en.eq(1)
             m.d.sync += [resp_valid.eq(1), resp_error.eq(0)]
         with m.Elif(b_handshake):

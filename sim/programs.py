@@ -129,7 +129,7 @@ def _estimate(m, k, n, config, m_chunk, n_group, k_tile):
 
 def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
     """The tiling of an ``(m x k) @ (k x n)`` GEMM on ``config``: the (chunk rows, N tiles per chunk) pair with
-    the fewest estimated cycles, then the largest K group the input halves hold."""
+    the fewest estimated cycles, then the largest K group the input halves hold, evened out over the chunk's steps."""
     act_depth = min(config.act_depth, _MAX_FIELD_DEPTH)
     wgt_depth = min(config.wgt_depth, _MAX_FIELD_DEPTH)
     acc_depth = min(config.acc_depth, _MAX_FIELD_DEPTH)
@@ -149,6 +149,8 @@ def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
             best = (cost, m_chunk, n_group)
     _, m_chunk, n_group = best
     k_group = max(1, min(k_tiles, act_half // m_chunk, wgt_half // (k_tile * n_group)))
+    # Even steps: a short last step would leave COMPUTE idle while LOAD fills the next (long) one.
+    k_group = _ceil(k_tiles, _ceil(k_tiles, k_group))
     return GemmTiling(m_chunk=m_chunk, k_tile=k_tile, k_group=k_group, n_group=n_group, m_chunks=_ceil(m, m_chunk),
                       k_tiles=k_tiles, n_tiles=n_tiles, n_groups=_ceil(n_tiles, n_group), in_slots=in_slots,
                       acc_slots=acc_slots, param_slots=param_slots, act_half=act_half, wgt_half=wgt_half,
