@@ -29,7 +29,7 @@ help:
 	@echo "make mnist    MNIST test images through the RTL (BACKEND=verilator|icarus|golden|cpu|gpu, N=, ROWS=, COLS=)"
 	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
 	@echo "make lint     verilator --lint-only on the generated Verilog with lint/verilator.vlt"
-	@echo "make scaling  synthesize SIZES= array sizes and tabulate resources and Fmax"
+	@echo "make scaling  synthesize SIZES= array sizes: resources, Fmax, MNIST RTL cycles/image, images/s (table + PNG)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -68,7 +68,7 @@ lint: $(STAMP)
 	$(PY) -m hw.fpga lint --rows $(ROWS) --cols $(COLS)
 
 scaling: $(STAMP)
-	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET)
+	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET) --cycles-per-image sw.perf:mnist_cycles_per_image
 
 clean:
 	rm -rf build sim_build .pytest_cache
