@@ -13,6 +13,10 @@ __all__ = ["GemmEngine", "matmul_command_layout", "store_command_layout"]
 
 A_WIDTH = W_WIDTH = 8
 ACC_WIDTH = 32
+#: Accumulator read-modify-write stages after the de-skew: read, register the read data, add and write.
+_RMW_STAGES = 3
+#: STORE stages before the epilogue: read an accumulator row, register it.
+_STORE_READ_STAGES = 2
 
 
 def _address_width(acc_depth):
@@ -47,8 +51,10 @@ class GemmEngine(wiring.Component):
     The next MATMUL's weights load into the idle weight bank while the current one streams, so MATMULs of at
     least :attr:`min_overlapped_count` vectors follow each other with no idle cycle. MATMUL and STORE run
     concurrently on separate command streams; the caller orders them (a STORE must wait until ``mm_idle`` for rows
-    an earlier MATMUL writes - ``mm_done`` pulses say when - and a MATMUL must not overwrite rows an earlier STORE has not
-read yet; the instruction controller's dependency tokens do this).
+    an earlier MATMUL writes - ``mm_done`` pulses say when - and a MATMUL must not overwrite rows an earlier STORE has
+    not read yet; the instruction controller's dependency tokens do this). Unordered, a STORE could read a row in the
+    cycle it is written, which the block RAM leaves undefined. Consecutive MATMULs may accumulate into rows the
+    previous one is still writing: the accumulator pipeline forwards them.
 
     Parameters
     ----------
@@ -83,6 +89,7 @@ read yet; the instruction controller's dependency tokens do this).
         self._addr_width = _address_width(acc_depth)
         self._rows, self._cols, self._acc_depth = rows, cols, acc_depth
         self._epilogue = Epilogue(cols=cols)
+        self._array = SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH, acc_width=ACC_WIDTH)
         super().__init__({
             "mm_cmd": In(stream.Signature(matmul_command_layout(acc_depth))),
             "weights": In(stream.Signature(data.ArrayLayout(signed(W_WIDTH), cols))),
@@ -100,43 +107,56 @@ read yet; the instruction controller's dependency tokens do this).
 
     @property
     def pipeline_depth(self):
-        """Cycles from a vector's acceptance to its de-skewed column sums: input skew + array + de-skew."""
-        return self._rows + self._cols - 1
+        """Cycles from a vector's acceptance to its de-skewed column sums: ``rows + cols + 1``.
+
+        Row 0 enters the array in the acceptance cycle and row ``r`` ``r`` cycles later (input skew); column ``c``'s
+        sum leaves the array :meth:`SystolicArray.column_latency(c) <hw.systolic_array.SystolicArray.column_latency>`
+        (``rows + c + 2``) cycles after acceptance and waits ``cols - 1 - c`` more cycles in the de-skew, so the
+        whole row is ready with the last column's.
+        """
+        return self._array.column_latency(self._cols - 1)
 
     def matmul_latency(self, count):
         """Cycles from a lone MATMUL's command handshake to ``mm_idle`` rising (weights and vectors never stall).
 
         1 (command) + ``rows`` (weight rows) + 1 (hand-over to the feeder) + ``count`` (vectors)
-        + :attr:`pipeline_depth` + 2 (accumulator read-modify-write), minus the shared first cycle.
+        + :attr:`pipeline_depth` + 3 (accumulator read, registered read data, add and write), minus the shared
+        first cycle: ``count + 2 * rows + cols + 5``.
         """
-        return count + 2 * self._rows + self._cols + 2
+        return 1 + self._rows + 1 + count + self.pipeline_depth + _RMW_STAGES - 1
 
     @property
     def min_overlapped_count(self):
         """Vectors per MATMUL for which consecutive MATMULs stream with no idle cycle between them.
 
-        The next tile's weights go into the bank the previous-but-one tile used, which is free ``cols - 1`` cycles
-        after that tile's last vector entered; loading takes ``rows`` cycles and the hand-over two more.
+        The next tile's weights go into the bank the previous-but-one tile used. A PE samples the weight of its
+        activation's bank in the activation's arrival cycle (the pipelined PE registers the selected weight, so its
+        later stages never read the banks), hence that bank is free ``cols - 1`` cycles after the previous-but-one
+        tile's last vector entered, however deep the PE. Loading takes ``rows`` cycles and the hand-over to the
+        feeder one more, so with ``count`` vectors per tile ``count >= rows + cols - 1``. The loader also starts a
+        tile only after handing over the previous one, which needs ``count >= rows + 2``.
         """
         return max(self._rows + 2, self._rows + self._cols - 1)
 
     @property
     def store_latency(self):
-        """Cycles from a STORE's command handshake to its first output row (``out`` ready)."""
-        return 1 + self._epilogue.latency
+        """Cycles from a STORE's command handshake to its first output row (``out`` ready).
+
+        2 (read the accumulator row, register it) + the epilogue's latency: ``2 + Epilogue.latency``.
+        """
+        return _STORE_READ_STAGES + self._epilogue.latency
 
     def elaborate(self, platform):
         m = Module()
         rows, cols, aw = self._rows, self._cols, self._addr_width
         mm_layout = matmul_command_layout(self._acc_depth)
 
-        m.submodules.array = array = SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH,
-                                                   acc_width=ACC_WIDTH)
+        m.submodules.array = array = self._array
         m.submodules.epilogue = epilogue = self._epilogue
         m.submodules.acc_mem = acc_mem = Memory(shape=data.ArrayLayout(signed(ACC_WIDTH), cols),
-                                                depth=self._acc_depth, init=[])
+                                                depth=self._acc_depth, init=[], attrs={"no_rw_check": 1})
         acc_wr = acc_mem.write_port()
-        acc_rmw = acc_mem.read_port(transparent_for=(acc_wr,))
+        acc_rmw = acc_mem.read_port()
         acc_st = acc_mem.read_port()
 
         # ---- Weight loader: fills the idle bank, then hands the command to the feeder through `pending`.
@@ -156,7 +176,9 @@ read yet; the instruction controller's dependency tokens do this).
         fd_remaining = Signal(aw + 1)
         fd_accumulate = Signal()
 
-        # A bank is reusable once the last vector that read it has passed the last column (cols - 1 cycles).
+        # A bank is reusable once the last vector that read it has reached the last column: a PE samples its
+        # weight in the activation's arrival cycle, vector T reads row r at T + r + cols - 1 and the loader
+        # rewrites row r at X0 + r, so X0 >= T + cols - 1 (whatever the PE's pipeline depth).
         bank_hold = [Signal(range(cols + 1), name=f"bank{b}_hold") for b in range(2)]
         issue = Signal()
         m.d.comb += issue.eq(self.act.valid & self.act.ready)
@@ -203,11 +225,11 @@ read yet; the instruction controller's dependency tokens do this).
                 fd_accumulate.eq(pend_cmd.accumulate),
             ]
 
-        # ---- Input skew: row r enters r cycles after row 0. Bubbles carry zeros.
+        # ---- Input skew: row r enters r * row_skew (= r) cycles after row 0. Bubbles carry zeros.
         for r in range(rows):
             token = Signal(activation_token(A_WIDTH), name=f"skew_{r}_0")
             m.d.comb += [token.data.eq(Mux(issue, self.act.payload[r], 0)), token.bank.eq(fd_bank)]
-            for stage in range(r):
+            for stage in range(r * array.row_skew):
                 delayed = Signal(activation_token(A_WIDTH), name=f"skew_{r}_{stage + 1}")
                 m.d.sync += delayed.eq(token)
                 token = delayed
@@ -233,38 +255,63 @@ read yet; the instruction controller's dependency tokens do this).
                 value = delayed
             m.d.comb += psum_row[c].eq(value)
 
-        # ---- Accumulator read-modify-write: read at T, add and write at T + 1 (transparent for back-to-back rows).
-        rmw_valid = Signal()
-        rmw_last = Signal()
-        rmw_accumulate = Signal()
-        rmw_addr = Signal(aw)
-        rmw_psum = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols))
+        # ---- Accumulator read-modify-write in three stages, so that the block RAM's (unregistered, slow) read data
+        # goes straight into a register: read in cycle T (s0), register the data (s1), add and write in T + 2 (s2).
+        # The read in T misses the writes of cycles T and T + 1 (a read of the address written in the same cycle
+        # is undefined: the memory is marked no_rw_check), so those two are forwarded. The forwarding choice is
+        # made a cycle ahead on registered addresses, leaving one LUT between the s2 registers and the adder.
+        rmw_layout = data.StructLayout({"valid": 1, "last": 1, "accumulate": 1, "addr": unsigned(aw)})
+        row_layout = data.ArrayLayout(signed(ACC_WIDTH), cols)
+        s1, s2 = Signal(rmw_layout, name="rmw_s1"), Signal(rmw_layout, name="rmw_s2")
+        s1_psum, s2_psum = Signal(row_layout, name="rmw_s1_psum"), Signal(row_layout, name="rmw_s2_psum")
+        s2_read = Signal(row_layout, name="rmw_s2_read")
+        write_data = Signal(row_layout, name="rmw_write_data")
+        last_write = Signal(row_layout, name="rmw_last_write")  # the row written in the previous cycle
+        forward = Signal(row_layout, name="rmw_forward")
+        hit_next, hit_prev = Signal(name="rmw_hit_next"), Signal(name="rmw_hit_prev")
+        use_forward, use_read = Signal(name="rmw_use_forward"), Signal(name="rmw_use_read")
         m.d.comb += [acc_rmw.addr.eq(sideband.addr), acc_rmw.en.eq(1)]
-        m.d.sync += [rmw_valid.eq(sideband.valid), rmw_last.eq(sideband.last), rmw_accumulate.eq(sideband.accumulate),
-                     rmw_addr.eq(sideband.addr), rmw_psum.eq(psum_row)]
-        m.d.comb += [acc_wr.addr.eq(rmw_addr), acc_wr.en.eq(rmw_valid), self.mm_done.eq(rmw_valid & rmw_last)]
+        m.d.sync += [
+            s1.valid.eq(sideband.valid), s1.last.eq(sideband.last), s1.accumulate.eq(sideband.accumulate),
+            s1.addr.eq(sideband.addr), s1_psum.eq(psum_row),
+            s2.eq(s1), s2_psum.eq(s1_psum), s2_read.eq(acc_rmw.data),
+            last_write.eq(write_data),
+            # In cycle T: the rows in s1 and s2 write in T + 1 and T, the two writes this row's read misses.
+            hit_next.eq(s1.valid & (s1.addr == sideband.addr)),
+            hit_prev.eq(s2.valid & (s2.addr == sideband.addr)),
+            # In cycle T + 1: the newer of the two wins; the row in s2 is writing now, the other wrote in T.
+            forward.eq(Mux(hit_next, write_data, last_write)),
+            use_forward.eq(s1.accumulate & (hit_next | hit_prev)),
+            use_read.eq(s1.accumulate & ~hit_next & ~hit_prev),
+        ]
         for c in range(cols):
-            with m.If(rmw_accumulate):
-                m.d.comb += acc_wr.data[c].eq((acc_rmw.data[c] + rmw_psum[c])[:ACC_WIDTH])
-            with m.Else():
-                m.d.comb += acc_wr.data[c].eq(rmw_psum[c])
+            base = Mux(use_forward, forward[c], Mux(use_read, s2_read[c], 0))
+            m.d.comb += write_data[c].eq((base + s2_psum[c])[:ACC_WIDTH])
+        m.d.comb += [acc_wr.addr.eq(s2.addr), acc_wr.en.eq(s2.valid), acc_wr.data.eq(write_data),
+                     self.mm_done.eq(s2.valid & s2.last)]
 
-        mm_in_flight = Signal(range(self.pipeline_depth + 3))
+        mm_in_flight = Signal(range(self.pipeline_depth + _RMW_STAGES + 1))
         with m.If(issue & ~acc_wr.en):
             m.d.sync += mm_in_flight.eq(mm_in_flight + 1)
         with m.Elif(~issue & acc_wr.en):
             m.d.sync += mm_in_flight.eq(mm_in_flight - 1)
         m.d.comb += self.mm_idle.eq(~ld_busy & ~pend_valid & ~fd_active & (mm_in_flight == 0))
 
-        # ---- Store: accumulator rows -> epilogue -> out. The read stage stalls with the epilogue.
+        # ---- Store: accumulator rows -> register -> epilogue -> out. The block RAM's read data is registered
+        # (with the parameters of its command) before the epilogue's bias add. Both stages stall with the epilogue.
         st_remaining = Signal(aw + 1)
         st_addr = Signal(aw)
         st_params = Signal(epilogue_params_layout(cols))
         rd_valid = Signal()
+        q_valid = Signal(name="st_q_valid")
+        q_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_q_acc")
+        q_params = Signal(epilogue_params_layout(cols), name="st_q_params")
+        q_advance = Signal()
         advance = Signal()
         read = Signal()
         m.d.comb += [
-            advance.eq(~rd_valid | epilogue.i.ready),
+            q_advance.eq(~q_valid | epilogue.i.ready),
+            advance.eq(~rd_valid | q_advance),
             self.st_cmd.ready.eq((st_remaining == 0) & advance),
             acc_st.en.eq(advance),
         ]
@@ -280,14 +327,16 @@ read yet; the instruction controller's dependency tokens do this).
                 m.d.sync += [st_addr.eq(st_addr + 1), st_remaining.eq(st_remaining - 1)]
         with m.If(advance):
             m.d.sync += rd_valid.eq(read)
+        with m.If(q_advance):
+            m.d.sync += [q_valid.eq(rd_valid), q_acc.eq(acc_st.data), q_params.eq(st_params)]
         m.d.comb += [
-            epilogue.i.valid.eq(rd_valid),
-            epilogue.i.payload.acc.eq(acc_st.data),
-            epilogue.i.payload.params.eq(st_params),
+            epilogue.i.valid.eq(q_valid),
+            epilogue.i.payload.acc.eq(q_acc),
+            epilogue.i.payload.params.eq(q_params),
         ]
         wiring.connect(m, epilogue.o, wiring.flipped(self.out))
 
-        st_in_flight = Signal(range(self._epilogue.latency + 8))
+        st_in_flight = Signal(range(_STORE_READ_STAGES + self._epilogue.latency + 2))
         out_done = self.out.valid & self.out.ready
         with m.If(read & advance & ~out_done):
             m.d.sync += st_in_flight.eq(st_in_flight + 1)

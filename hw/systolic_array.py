@@ -19,8 +19,18 @@ class SystolicArray(wiring.Component):
     """A ``rows x cols`` grid of :class:`ProcessingElement`: activations move right, partial sums move down.
 
     PE ``(r, c)`` holds weight ``W[r, c]``. An activation vector ``x`` (one element per row) entered *skewed* - row
-    ``r`` at cycle ``t + r`` - produces ``sum_r x[r] * W[r, c]`` at the bottom of column ``c`` at cycle
-    ``t + rows + c``: the output is skewed the same way. The skew and de-skew registers live in the GEMM engine.
+    ``r`` at cycle ``t + r * row_skew`` - produces ``sum_r x[r] * W[r, c]`` at the bottom of column ``c`` at cycle
+    ``t + column_latency(c)``: the output is skewed one cycle per column. The skew and de-skew registers live in
+    the GEMM engine.
+
+    Timing follows from the PE's (see :class:`ProcessingElement`): an activation reaches PE ``(r, c)`` at
+    ``t + r * psum_latency + c * activation_latency``, and PE ``(r - 1, c)``'s partial sum for it arrives exactly
+    ``psum_skew`` cycles later when the row skew equals the PE's ``psum_latency``. With the three-stage PE that is
+    one cycle per row, and column ``c``'s sum leaves at ``t + (rows - 1) + c + 3 = t + rows + c + 2``.
+
+    A weight written into PE ``(r, c)`` in cycle ``X`` is used by activations reaching that PE after ``X``; a vector
+    entered at ``t`` last reads row ``r`` of its bank at ``t + r + cols - 1``, so rewriting that bank one row per
+    cycle may start ``cols - 1`` cycles after the last vector that uses it entered.
 
     Weights are written one array row per cycle into the idle bank (``w_row``, ``w_bank``, ``w_data``, ``w_we``);
     activations name the bank they use, so the next tile's weights load while the current tile computes.
@@ -41,7 +51,7 @@ class SystolicArray(wiring.Component):
     w_data : In(ArrayLayout(signed(w_width), cols)); w_row : In(range(rows)); w_bank, w_we : In(1)
         Weight write port: one array row per cycle.
 
-    Latency: ``rows + c`` cycles from row 0's token to column ``c``'s sum (see :meth:`column_latency`).
+    Latency: ``rows + c + 2`` cycles from row 0's token to column ``c``'s sum (see :meth:`column_latency`).
     Throughput: one activation vector per cycle; ``rows * cols`` MACs per cycle. No flow control.
     """
 
@@ -50,6 +60,8 @@ class SystolicArray(wiring.Component):
         check_widths(a_width, w_width, acc_width)
         self._rows, self._cols = rows, cols
         self._a_width, self._w_width, self._acc_width = a_width, w_width, acc_width
+        self._pes = [[ProcessingElement(a_width=a_width, w_width=w_width, acc_width=acc_width)
+                      for _ in range(cols)] for _ in range(rows)]
         super().__init__({
             "a_in": In(data.ArrayLayout(activation_token(a_width), rows)),
             "psum_out": Out(data.ArrayLayout(signed(acc_width), cols)),
@@ -63,16 +75,21 @@ class SystolicArray(wiring.Component):
     cols = property(lambda self: self._cols)
     acc_width = property(lambda self: self._acc_width)
 
+    @property
+    def row_skew(self):
+        """Cycles between the entries of consecutive rows of one vector: the PE's ``psum_latency`` (1)."""
+        return self._pes[0][0].psum_latency
+
     def column_latency(self, col):
-        """Cycles from a vector's row-0 entry to its sum leaving the bottom of column ``col``."""
-        if not 0 <= col < self._cols:
+        """Cycles from a vector's row-0 entry to its sum leaving the bottom of column ``col``: ``rows + col + 2``."""
+        if isinstance(col, bool) or not isinstance(col, int) or not 0 <= col < self._cols:
             raise ValueError(f"Column must lie in [0, {self._cols}), not {col!r}")
-        return self._rows + col
+        pe = self._pes[0][0]
+        return (self._rows - 1) * self.row_skew + col * pe.activation_latency + pe.latency
 
     def elaborate(self, platform):
         m = Module()
-        pes = [[ProcessingElement(a_width=self._a_width, w_width=self._w_width, acc_width=self._acc_width)
-                for _ in range(self._cols)] for _ in range(self._rows)]
+        pes = self._pes
         for r in range(self._rows):
             for c in range(self._cols):
                 pe = pes[r][c]

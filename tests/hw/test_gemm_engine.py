@@ -9,7 +9,7 @@ import pytest
 from hw.gemm_engine import GemmEngine, store_command_layout
 from sim.amaranth_helpers import Throttle, run_simulation, stream_get, stream_put
 from sim.arith import INT32_MAX, INT32_MIN
-from sim.engine_ref import MatmulOp, StoreOp, check_plan, ref_engine
+from sim.engine_ref import MatmulOp, StoreOp, check_plan, pack_params, ref_engine
 
 
 def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0):
@@ -100,6 +100,30 @@ def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed):
                                f"got {g[tuple(bad[0])]} want {w_[tuple(bad[0])]}")
 
 
+@pytest.mark.parametrize("offset", [1, 2])
+def test_engine_accumulates_rows_written_just_before(offset):
+    """Back-to-back MATMULs where each starts ``offset`` rows before the previous one's end, accumulating: a row is
+    read while its previous value is still in the read-modify-write pipeline (1 or 2 cycles earlier) and must be
+    forwarded."""
+    rows, cols, acc_depth, seed = 2, 3, 32, 40 + offset
+    rng = np.random.default_rng(seed)
+    count = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth).min_overlapped_count  # streams back to back
+    ops, addr = [], 0
+    for t in range(5):
+        ops.append(MatmulOp(acc_addr=addr, count=count, accumulate=t > 0,
+                            weights=rng.integers(-128, 128, size=(rows, cols)),
+                            act=rng.integers(-128, 128, size=(count, rows)), region=0))
+        addr += count - offset
+    total = addr + offset
+    ops.append(StoreOp(acc_addr=0, count=total, params=pack_params(cols, 0, 0, 0, 0, -128, 127, True),
+                       dest=(0, 0, total, cols), region=0))
+    want, = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
+    got, = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed)
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, (f"seed {seed}: first mismatch at row {bad[0][0]} col {bad[0][1]}: "
+                           f"got {got[tuple(bad[0])]} want {want[tuple(bad[0])]}")
+
+
 @pytest.mark.parametrize("rows,cols,count", [(1, 1, 1), (3, 2, 5), (4, 4, 1), (4, 4, 17), (2, 5, 3)])
 def test_engine_matmul_latency(rows, cols, count):
     """Cycles from the MATMUL handshake to mm_idle rising equal the documented formula."""
@@ -123,12 +147,9 @@ def test_engine_matmul_latency(rows, cols, count):
     assert measured["latency"] == dut.matmul_latency(count)
 
 
-def test_engine_back_to_back_matmuls_have_no_idle_cycles():
-    """Tiles of min_overlapped_count vectors stream back to back: N tiles take exactly N * count more cycles."""
-    rows, cols = 3, 4
+def vector_issue_cycles(rows, cols, count, n_tiles):
+    """Cycles in which the engine accepted a vector, for ``n_tiles`` MATMULs of ``count`` vectors offered eagerly."""
     dut = GemmEngine(rows=rows, cols=cols, acc_depth=64)
-    count = dut.min_overlapped_count
-    n_tiles = 5
     issues = []
 
     async def feeder(ctx):
@@ -144,15 +165,32 @@ def test_engine_back_to_back_matmuls_have_no_idle_cycles():
                 issues.append(cycle)
             cycle += 1
 
-    def wait_idle():
-        async def tb(ctx):
-            await ctx.tick().repeat(5)
-            await ctx.tick().until(dut.mm_idle)
-        return tb
+    async def wait_idle(ctx):
+        await ctx.tick().repeat(5)
+        await ctx.tick().until(dut.mm_idle)
 
-    run_simulation(dut, feeder, wait_idle(), background=[monitor], deadline_cycles=2000)
+    run_simulation(dut, feeder, wait_idle, background=[monitor], deadline_cycles=2000)
+    return issues
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 4), (4, 2)])
+def test_engine_back_to_back_matmuls_have_no_idle_cycles(rows, cols):
+    """Tiles of min_overlapped_count vectors stream back to back: N tiles take exactly N * count more cycles."""
+    count = GemmEngine(rows=rows, cols=cols, acc_depth=64).min_overlapped_count
+    n_tiles = 5
+    issues = vector_issue_cycles(rows, cols, count, n_tiles)
     assert len(issues) == n_tiles * count
     assert issues[-1] - issues[0] == n_tiles * count - 1, f"vector issue cycles have gaps: {issues}"
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 4), (4, 2)])
+def test_engine_min_overlapped_count_is_tight(rows, cols):
+    """One vector fewer per tile than min_overlapped_count leaves idle cycles between tiles."""
+    count = GemmEngine(rows=rows, cols=cols, acc_depth=64).min_overlapped_count - 1
+    n_tiles = 5
+    issues = vector_issue_cycles(rows, cols, count, n_tiles)
+    assert len(issues) == n_tiles * count
+    assert issues[-1] - issues[0] > n_tiles * count - 1, f"no gaps with {count} vectors per tile: {issues}"
 
 
 def test_engine_store_latency():

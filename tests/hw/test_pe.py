@@ -1,4 +1,5 @@
-"""ProcessingElement: cycle-by-cycle against a Python model, both banks, wrapping, narrow widths, validation."""
+"""ProcessingElement: cycle-by-cycle against a Python model of the three-stage pipeline, both banks, wrapping,
+narrow widths, measured latencies, validation."""
 
 import random
 
@@ -13,12 +14,20 @@ def wrap(value, width):
     return value - (1 << width) if value >> (width - 1) else value
 
 
-def ref_pe(steps, *, a_width=8, w_width=8, acc_width=32):
-    """Reference: for each step (a, bank, psum_in, write) give the registered (a_out, psum_out) one cycle later."""
+def ref_pe(steps, *, a_width=8, w_width=8, acc_width=32, psum_skew=2):
+    """Reference: for each cycle's inputs (a, bank, psum_in, write) the registered (a_out, bank_out, psum_out).
+
+    ``a_out`` is ``a`` one cycle later. ``psum_out`` after cycle ``t`` is ``psum_in[t]`` plus the product of the
+    activation that arrived in cycle ``t - psum_skew`` with the weight its bank held in that cycle (writes in a
+    cycle are seen from the next one); the pipeline starts empty (products of 0).
+    """
     weights = [0, 0]
+    products = []
     out = []
-    for a, bank, psum_in, write in steps:
-        out.append((a, bank, wrap(psum_in + a * weights[bank], acc_width)))
+    for t, (a, bank, psum_in, write) in enumerate(steps):
+        products.append(a * weights[bank])
+        product = products[t - psum_skew] if t >= psum_skew else 0
+        out.append((a, bank, wrap(psum_in + product, acc_width)))
         if write is not None:
             weights[write[0]] = write[1]
     return out
@@ -57,20 +66,47 @@ def test_pe_random(a_width, w_width, acc_width):
         psum = rng.choice([pmin, pmax, rng.randint(pmin, pmax)])
         write = (rng.randint(0, 1), rng.choice([wmin, wmax, rng.randint(wmin, wmax)])) if rng.random() < 0.3 else None
         steps.append((a, rng.randint(0, 1), psum, write))
-    want = ref_pe(steps, a_width=a_width, w_width=w_width, acc_width=acc_width)
+    want = ref_pe(steps, a_width=a_width, w_width=w_width, acc_width=acc_width,
+                  psum_skew=ProcessingElement().psum_skew)
     got = rtl_pe(steps, a_width=a_width, w_width=w_width, acc_width=acc_width)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, f"seed {seed}: first mismatch at cycle {i}: step {steps[i]} got {g} want {w}"
 
 
 def test_pe_write_takes_effect_next_cycle():
-    # A write to the bank being read in the same cycle is seen only by the next cycle (the array relies on it).
-    steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None)]
-    assert [o[2] for o in rtl_pe(steps)] == [0, 5, 7]
+    # A write to the bank an activation arriving in the same cycle reads is seen only by later activations, however
+    # deep the pipeline (the array's bank hand-over relies on it). Two flush cycles bring the products out.
+    steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None), (0, 0, 0, None), (0, 0, 0, None)]
+    assert [o[2] for o in rtl_pe(steps)] == [0, 0, 0, 5, 7]
 
 
-def test_pe_latency():
-    assert ProcessingElement().latency == 1
+def test_pe_bank_switch_with_back_to_back_activations():
+    # Bank 1 is rewritten while activations use bank 0; the first bank-1 activation gets the new weight at once.
+    steps = [(2, 0, 0, (0, 3)), (2, 0, 0, (1, -4)), (2, 0, 0, None), (2, 1, 0, (0, 9)), (2, 0, 0, None),
+             (0, 0, 0, None), (0, 0, 0, None)]
+    assert [o[2] for o in rtl_pe(steps)][2:] == [0, 6, 6, -8, 18]
+
+
+def test_pe_latency_properties():
+    pe = ProcessingElement()
+    assert (pe.latency, pe.activation_latency, pe.psum_latency, pe.psum_skew) == (3, 1, 1, 2)
+    assert pe.latency == len(ProcessingElement.STAGES)
+
+
+def test_pe_measured_latencies():
+    """An impulse on each input shows up on each output after exactly the documented number of cycles."""
+    pe = ProcessingElement()
+    a_cycle, psum_cycle = 1, 10
+    # Weight 1 written into bank 0 in cycle 0, then one activation and one partial sum impulse.
+    steps = [(0, 0, 0, (0, 1))] + [(5 if t == a_cycle else 0, 0, 100 if t == psum_cycle else 0, None)
+                                   for t in range(1, 20)]
+    got = rtl_pe(steps)
+    # rtl_pe reads the outputs after cycle t's clock edge, that is their value in cycle t + 1.
+    a_seen = [t + 1 for t, o in enumerate(got) if o[0] != 0]
+    psum_seen = [t + 1 for t, o in enumerate(got) if o[2] != 0]
+    assert a_seen == [a_cycle + pe.activation_latency]
+    assert psum_seen == [a_cycle + pe.latency, psum_cycle + pe.psum_latency]
+    assert [got[t - 1][2] for t in psum_seen] == [5, 100]
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
