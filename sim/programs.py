@@ -68,7 +68,7 @@ from hw.isa import (INSTRUCTION_BYTES, Buffer, HardwareConfig, Halt, Load, Matmu
 from .arith import INT32_MAX, INT32_MIN, MAX_SHIFT, MIN_SHIFT, quantized_gemm
 from .isa_sim import QUEUES, IsaResult, IsaSimulator, pack_param_entry
 
-__all__ = ["GemmTiling", "GemmProgram", "gemm_program", "plan_tiling"]
+__all__ = ["GemmTiling", "GemmProgram", "candidate_tilings", "gemm_program", "gemm_schedule", "plan_tiling"]
 
 _MAX_FIELD_DEPTH = 1 << 16   # buffer addresses and counts are 16-bit fields
 
@@ -127,9 +127,13 @@ def _estimate(m, k, n, config, m_chunk, n_group, k_tile):
     return total + mm * a_words + g * k_tile * w_words
 
 
-def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
-    """The tiling of an ``(m x k) @ (k x n)`` GEMM on ``config``: the (chunk rows, N tiles per chunk) pair with
-    the fewest estimated cycles, then the largest K group the input halves hold, evened out over the chunk's steps."""
+def candidate_tilings(m: int, k: int, n: int, config: HardwareConfig, limit: int | None = None) -> list[GemmTiling]:
+    """Tilings of an ``(m x k) @ (k x n)`` GEMM on ``config``, best estimate first (at most ``limit``).
+
+    A candidate is a (chunk rows, N tiles per chunk) pair; its K group is the largest the input halves hold,
+    evened out over the chunk's steps. The estimate is rough (see :func:`_estimate`); the compiler ranks the first
+    few exactly with :mod:`sim.cycle_model`.
+    """
     act_depth = min(config.act_depth, _MAX_FIELD_DEPTH)
     wgt_depth = min(config.wgt_depth, _MAX_FIELD_DEPTH)
     acc_depth = min(config.acc_depth, _MAX_FIELD_DEPTH)
@@ -139,22 +143,38 @@ def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
     k_tile = min(config.rows, wgt_half)
     k_tiles, n_tiles = _ceil(k, k_tile), _ceil(n, config.cols)
     param_slots = min(config.param_depth, n_tiles)
-    best = None
+    ranked = []
     for n_group in range(1, min(n_tiles, param_slots, acc_half, wgt_half // k_tile) + 1):
         m_chunk = min(m, act_half, acc_half // n_group, _MAX_FIELD_DEPTH - 1)
         if n_group > 1 and m_chunk < min(m, config.rows + config.cols + 4):
             break           # wider groups only shorten the MATMULs below the hand-over bubble
-        cost = _estimate(m, k, n, config, m_chunk, n_group, k_tile)
-        if best is None or cost <= best[0]:     # ties go to the wider group (more slack on the bus)
-            best = (cost, m_chunk, n_group)
-    _, m_chunk, n_group = best
-    k_group = max(1, min(k_tiles, act_half // m_chunk, wgt_half // (k_tile * n_group)))
-    # Even steps: a short last step would leave COMPUTE idle while LOAD fills the next (long) one.
-    k_group = _ceil(k_tiles, _ceil(k_tiles, k_group))
-    return GemmTiling(m_chunk=m_chunk, k_tile=k_tile, k_group=k_group, n_group=n_group, m_chunks=_ceil(m, m_chunk),
-                      k_tiles=k_tiles, n_tiles=n_tiles, n_groups=_ceil(n_tiles, n_group), in_slots=in_slots,
-                      acc_slots=acc_slots, param_slots=param_slots, act_half=act_half, wgt_half=wgt_half,
-                      acc_half=acc_half)
+        k_group = max(1, min(k_tiles, act_half // m_chunk, wgt_half // (k_tile * n_group)))
+        # Even steps: a short last step would leave COMPUTE idle while LOAD fills the next (long) one.
+        k_group = _ceil(k_tiles, _ceil(k_tiles, k_group))
+        tiling = GemmTiling(m_chunk=m_chunk, k_tile=k_tile, k_group=k_group, n_group=n_group,
+                            m_chunks=_ceil(m, m_chunk), k_tiles=k_tiles, n_tiles=n_tiles,
+                            n_groups=_ceil(n_tiles, n_group), in_slots=in_slots, acc_slots=acc_slots,
+                            param_slots=param_slots, act_half=act_half, wgt_half=wgt_half, acc_half=acc_half)
+        # Ties go to the wider group (more slack on the bus).
+        ranked.append((_estimate(m, k, n, config, m_chunk, n_group, k_tile), -n_group, tiling))
+    ranked.sort(key=lambda item: item[:2])
+    return [tiling for _, _, tiling in ranked[:limit]]
+
+
+def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
+    """The tiling of an ``(m x k) @ (k x n)`` GEMM on ``config`` with the best estimate."""
+    return candidate_tilings(m, k, n, config, limit=1)[0]
+
+
+def gemm_schedule(m: int, k: int, n: int, config: HardwareConfig, tiling: GemmTiling | None = None, *,
+                  raw: bool = False) -> list:
+    """The instructions :func:`gemm_program` would build, with every region at address 0 (no DRAM image).
+
+    Timing does not depend on the data, and :func:`gemm_program` places the regions 64-byte aligned, so this
+    program has the same cycle count as the real one (``sim.cycle_model.predict``) at a fraction of the cost.
+    """
+    tiling = tiling or plan_tiling(m, k, n, config)
+    return _schedule(m, k, n, config, tiling, bool(raw), {"a": 0, "w": 0, "param": 0, "c": 0})
 
 
 @dataclass(eq=False)
@@ -458,7 +478,8 @@ def _int_scalar(name, value, lo, hi):
 
 
 def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_max=127, raw=False, *,
-                 config: HardwareConfig, base=0x1000, rng=None, with_expected=True) -> GemmProgram:
+                 config: HardwareConfig, base=0x1000, rng=None, with_expected=True,
+                 tiling: GemmTiling | None = None) -> GemmProgram:
     """Build the program and DRAM image computing ``quantized_gemm(a, w, bias, ...)`` on ``config``.
 
     Parameters
@@ -478,6 +499,8 @@ def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_
     with_expected : bool
         Compute :attr:`GemmProgram.expected` with the golden GEMM (tests); the compiler, which runs the program
         on a backend and compares elsewhere, turns it off.
+    tiling : GemmTiling, optional
+        One of :func:`candidate_tilings` for this shape and config (default: :func:`plan_tiling`'s choice).
     """
     if not isinstance(config, HardwareConfig):
         raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
@@ -504,7 +527,10 @@ def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_
         rng = np.random.default_rng(rng)
     raw = bool(raw)
 
-    tiling = plan_tiling(m, k, n, config)
+    if tiling is None:
+        tiling = plan_tiling(m, k, n, config)
+    elif tiling not in candidate_tilings(m, k, n, config):
+        raise ValueError(f"tiling {tiling} is not one of candidate_tilings({m}, {k}, {n}, config)")
     csize = 4 if raw else 1
     entry_bytes = config.row_bytes(Buffer.PARAM)
     # Addresses are relative to each region until the layout (which needs the program's length) is known.

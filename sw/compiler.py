@@ -10,7 +10,11 @@
 * A batch of images is one GEMM per layer (M = images x output pixels): one weight load serves the whole batch.
 * Tiling in M, N and K to the array and buffer sizes of the :class:`hw.isa.HardwareConfig` - the values the
   hardware reports in its configuration registers - with double-buffered loads and stores, is done by
-  :func:`sim.programs.gemm_program`.
+  :func:`sim.programs.gemm_program`. Of the best few tilings by a rough estimate
+  (:func:`sim.programs.candidate_tilings`), the compiler takes the one the exact cycle model
+  (:mod:`sim.cycle_model`) predicts fastest (:func:`choose_tiling`), and
+  :meth:`CompiledNetwork.predicted_cycles` / :meth:`CompiledNetwork.choose_batch` give per-layer cycles and the
+  batch size with the fewest cycles per image without running anything.
 
 :func:`compile_network` checks that every layer is supported and returns a :class:`CompiledNetwork`;
 :meth:`CompiledNetwork.lower` builds the program and DRAM image of one layer for a given input batch, and
@@ -19,18 +23,84 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from hw.isa import HardwareConfig
-from sim.programs import GemmProgram, gemm_program, plan_tiling
+from sim.cycle_model import predict
+from sim.programs import GemmProgram, GemmTiling, candidate_tilings, gemm_program, gemm_schedule
 
 from .im2col import im2col
 from .network import Conv2D, Dense, Flatten, MaxPool2D
 from .reference import max_pool
 
-__all__ = ["CompileError", "LayerStep", "CompiledNetwork", "compile_network"]
+__all__ = ["CompileError", "LayerStep", "CompiledNetwork", "choose_tiling", "compile_network", "predict_gemm"]
+
+#: Tilings (best by the rough estimate) that :func:`choose_tiling` ranks with the exact cycle model.
+TILING_CANDIDATES = 2
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Predictions persist here across runs, keyed by shape, configuration, tiling and a hash of the timing sources.
+PREDICTION_CACHE = ROOT / "build" / "cache" / "gemm_cycles.json"
+
+
+@lru_cache(maxsize=1)
+def _timing_sources_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([*(ROOT / "hw").glob("*.py"), ROOT / "sim" / "cycle_model.py", ROOT / "sim" / "programs.py"]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def _disk_cache() -> dict:
+    try:
+        data = json.loads(PREDICTION_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store_disk_cache(key: str, value: dict) -> None:
+    cache = _disk_cache()
+    cache[key] = value
+    try:
+        PREDICTION_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = PREDICTION_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, sort_keys=True))
+        os.replace(tmp, PREDICTION_CACHE)
+    except OSError:
+        pass    # a read-only checkout only loses the cache
+
+
+@lru_cache(maxsize=256)
+def predict_gemm(m: int, k: int, n: int, config: HardwareConfig, tiling: GemmTiling) -> dict:
+    """The exact RTL counters (``sim.cycle_model.predict``) of the GEMM program with this tiling (cached in
+    memory and in :data:`PREDICTION_CACHE`)."""
+    key = json.dumps([m, k, n, dataclasses.astuple(config), dataclasses.astuple(tiling), _timing_sources_hash()])
+    stored = _disk_cache().get(key)
+    if isinstance(stored, dict) and isinstance(stored.get("cycles"), int):
+        return stored
+    result = predict(gemm_schedule(m, k, n, config, tiling), config)
+    _store_disk_cache(key, result)
+    return result
+
+
+@lru_cache(maxsize=256)
+def choose_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
+    """Of the :data:`TILING_CANDIDATES` best tilings by estimate, the one with the fewest predicted cycles."""
+    candidates = candidate_tilings(m, k, n, config, limit=TILING_CANDIDATES)
+    if len(candidates) == 1:
+        return candidates[0]
+    return min(candidates, key=lambda t: predict_gemm(m, k, n, config, t)["cycles"])
 
 
 class CompileError(ValueError):
@@ -91,7 +161,24 @@ class CompiledNetwork:
         ops = self.gemm_operands(step, x)
         return gemm_program(ops["a"], ops["w"], ops["bias"], ops["multiplier"], ops["shift"], ops["zero_point"],
                             ops["act_min"], ops["act_max"], False, config=self.config, base=base,
-                            with_expected=False)
+                            with_expected=False, tiling=choose_tiling(*step.gemm_shape(len(x)), self.config))
+
+    def predicted_cycles(self, batch: int) -> dict:
+        """RTL cycles of each accelerator layer for a batch of ``batch`` images, from the exact cycle model
+        (the Verilator backend's memory model); ``{layer name: cycles}``."""
+        out = {}
+        for step in self.steps:
+            if step.target == "accelerator":
+                shape = step.gemm_shape(batch)
+                out[step.name] = predict_gemm(*shape, self.config, choose_tiling(*shape, self.config))["cycles"]
+        return out
+
+    def choose_batch(self, candidates=(1, 2, 4, 8, 16, 32, 64), *, tolerance=0.01) -> int:
+        """The smallest batch size whose predicted cycles per image are within ``tolerance`` of the best
+        candidate's (bigger batches fetch weights less often but hold more data and latency)."""
+        per_image = {b: sum(self.predicted_cycles(b).values()) / b for b in candidates}
+        best = min(per_image.values())
+        return min(b for b, c in per_image.items() if c <= best * (1 + tolerance))
 
     def output_of(self, step: LayerStep, program: GemmProgram, dram, batch: int) -> np.ndarray:
         """The layer's int8 output batch read back from a DRAM image after its program ran."""
@@ -119,9 +206,9 @@ class CompiledNetwork:
                    f"{'x'.join(map(str, step.input_shape))} -> {'x'.join(map(str, step.output_shape))}"
             if step.target == "accelerator":
                 m, k, n = step.gemm_shape(batch)
-                t = plan_tiling(m, k, n, self.config)
+                t = choose_tiling(m, k, n, self.config)
                 head += (f"  GEMM M={m} K={k} N={n}  tiles: N {t.n_tiles} x M {t.m_chunks} x K {t.k_tiles} "
-                         f"(m_chunk {t.m_chunk})  MACs {m * k * n:,}")
+                         f"(m_chunk {t.m_chunk}, n_group {t.n_group}, k_group {t.k_group})  MACs {m * k * n:,}")
             lines.append(head)
             if instructions and x is not None:
                 if step.target == "accelerator":

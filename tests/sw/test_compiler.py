@@ -1,0 +1,49 @@
+"""The compiler's use of the exact cycle model: tiling choice, per-layer predictions equal to the RTL counters."""
+
+import numpy as np
+import pytest
+
+from hw.isa import HardwareConfig
+from sim.programs import candidate_tilings
+from sw.compiler import choose_tiling, compile_network, predict_gemm
+from sw.driver import Driver
+from sw.quantize import quantize
+from sw.reference import images_to_float
+from sw.testing import random_images, random_network, random_params
+
+SMALL = HardwareConfig(rows=4, cols=4, act_depth=256, wgt_depth=256, acc_depth=64, param_depth=8, bus_bytes=8)
+
+
+@pytest.mark.parametrize("m, k, n", [(300, 40, 30), (32, 200, 64), (7, 9, 5), (1000, 9, 8)])
+def test_choose_tiling_takes_the_fastest_predicted_candidate(m, k, n):
+    chosen = choose_tiling(m, k, n, SMALL)
+    candidates = candidate_tilings(m, k, n, SMALL, limit=2)
+    assert chosen in candidates
+    cycles = {t: predict_gemm(m, k, n, SMALL, t)["cycles"] for t in candidates}
+    assert cycles[chosen] == min(cycles.values()), cycles
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_predicted_layer_cycles_equal_the_rtl_counters(seed):
+    """CompiledNetwork.predicted_cycles (no simulation) equals each layer's CYCLES counter on the Verilator RTL."""
+    rng = np.random.default_rng(seed)
+    network = random_network(rng)
+    params = random_params(rng, network)
+    images = random_images(rng, network, 20)
+    qnet = quantize(network, params, images_to_float(images[4:]))
+    batch = images[:4]
+    result = Driver(qnet, backend="verilator", config=SMALL, batch_size=len(batch)).run(batch)
+    predicted = compile_network(qnet, SMALL).predicted_cycles(len(batch))
+    measured = {layer.name: layer.cycles for layer in result.layers if layer.target == "accelerator"}
+    assert predicted == measured, f"seed {seed}: predicted {predicted}, RTL {measured}"
+
+
+def test_choose_batch_prefers_the_smallest_batch_near_the_best():
+    rng = np.random.default_rng(7)
+    network = random_network(rng)
+    qnet = quantize(network, random_params(rng, network), images_to_float(random_images(rng, network, 8)))
+    compiled = compile_network(qnet, SMALL)
+    per_image = {b: sum(compiled.predicted_cycles(b).values()) / b for b in (1, 2, 4, 8)}
+    chosen = compiled.choose_batch((1, 2, 4, 8))
+    assert per_image[chosen] <= min(per_image.values()) * 1.01
+    assert all(per_image[b] > min(per_image.values()) * 1.01 for b in (1, 2, 4, 8) if b < chosen)
