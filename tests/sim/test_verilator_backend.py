@@ -219,3 +219,31 @@ def test_bad_configuration():
         VerilatorAccelerator({"rows": 4})
     with pytest.raises(ValueError, match="bus_bytes must be 4, 8 or 16, not 3"):
         VerilatorAccelerator(HardwareConfig(bus_bytes=3))
+
+
+def test_replicas_run_in_parallel_threads(accel):
+    """Replicas share the build but not the state: two threads, one replica each, every DRAM image golden."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4242)
+    programs = [random_gemm(rng, max_dim=24) for _ in range(8)]
+    replicas = [accel.replicate(), accel.replicate()]
+    assert all(r.build.library == accel.build.library and not r.build.built for r in replicas)
+
+    def run_share(index):
+        replica, finals = replicas[index], []
+        for program in programs[index::2]:
+            dram = program.dram.copy()
+            assert replica.run(dram, program.prog_addr, program.prog_len).ok
+            finals.append(dram)
+        return finals
+
+    with ThreadPoolExecutor(2) as pool:
+        shares = list(pool.map(run_share, range(2)))
+    for index, finals in enumerate(shares):
+        for i, (program, dram) in enumerate(zip(programs[index::2], finals)):
+            assert_same_dram(dram, program.expected_dram, f"seed 4242 program {2 * i + index} on replica {index}")
+    replicas[0].close()
+    with pytest.raises(RuntimeError, match="closed"):
+        replicas[0].replicate()
+    replicas[1].close()

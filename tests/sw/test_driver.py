@@ -46,6 +46,38 @@ def test_random_cnns_cpu_golden_verilator_gpu(seed):
             assert all(0 < layer.utilization(SMALL) <= 1 for layer in accel)
 
 
+def test_parallel_workers_give_the_serial_results():
+    """Five one-image batches on three workers: the same logits, counters and callbacks as one worker, in order."""
+    seed = 12
+    network, qnet, images = random_case(seed, n_images=5)
+    want = Driver(qnet, backend="cpu", config=SMALL).run(images).logits
+    runs = {}
+    for workers in (1, 3):
+        driver = Driver(qnet, backend="verilator", config=SMALL, batch_size=1, workers=workers)
+        assert driver.workers == workers
+        done, programs = [], []
+        result = driver.run(images, progress=lambda d, total, cycles: done.append(d),
+                            on_program=lambda step, program, counters: programs.append((step.name, counters)))
+        assert_same_logits(seed, f"verilator with {workers} workers", result.logits, want)
+        assert done == [1, 2, 3, 4, 5], f"progress must report the batches in order: {done}"
+        accel = [step.name for step in driver.compiled.steps if step.target == "accelerator"]
+        assert sorted(name for name, _ in programs) == sorted(accel * 5)
+        assert all(counters["cycles"] > 0 for _, counters in programs)
+        runs[workers] = result
+    for one, three in zip(runs[1].layers, runs[3].layers):
+        assert (one.name, one.macs, one.cycles, one.vectors, one.instructions) == \
+            (three.name, three.macs, three.cycles, three.vectors, three.instructions), f"seed {seed}: {one} {three}"
+    assert runs[3].workers == 3
+
+
+def test_workers_are_validated_and_serial_backends_use_one():
+    _, qnet, _ = random_case(13)
+    for bad in (0, -1, 1.5, True, 1000):
+        with pytest.raises(ValueError, match=f"Workers must be an integer from 1 to 256 .*not {bad!r}"):
+            Driver(qnet, backend="cpu", config=SMALL, workers=bad)
+    assert Driver(qnet, backend="golden", config=SMALL, workers=4).workers == 1
+
+
 def test_random_cnn_icarus():
     seed = 100
     rng = np.random.default_rng(seed)
@@ -102,9 +134,10 @@ def test_wrong_image_shape():
         Driver(qnet, backend="cpu", config=SMALL).run(images[:, :-1])
 
 
-def test_watchdog_reports_cycles():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_watchdog_reports_cycles(workers):
     from sim.verilator_backend import SimulationTimeout
     _, qnet, images = random_case(11)
-    driver = Driver(qnet, backend="verilator", config=SMALL, max_cycles=50)
+    driver = Driver(qnet, backend="verilator", config=SMALL, max_cycles=50, batch_size=1, workers=workers)
     with pytest.raises(SimulationTimeout, match="50"):
         driver.run(images)
