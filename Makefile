@@ -11,7 +11,7 @@ ACC_DEPTH ?= 512
 EXTRAS ?= torch,fpga,plot
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist synth lint scaling clean help
+.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 BACKEND ?= verilator
@@ -26,7 +26,8 @@ help:
 	@echo "make test     the whole suite: unit, golden, Amaranth-sim and cocotb on Icarus + Verilator"
 	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
 	@echo "make train    train the reference MNIST CNN (PyTorch, CPU, seeded) into models/mnist_float.npz"
-	@echo "make mnist    MNIST test images through the RTL (BACKEND=verilator|icarus|golden|cpu|gpu, N=, ROWS=, COLS=)"
+	@echo "make mnist    MNIST test images through the RTL (BACKEND=verilator|icarus|golden|cpu|gpu|model, N=, ROWS=, COLS=, BUS_BYTES=, WORKERS=)"
+	@echo "make bench    simulator speeds (Verilator harness, cocotb+Verilator/Icarus, Amaranth), MNIST images/s, per-layer cycles vs SCALE-Sim and the cycle model (ROWS=, COLS=, BUS_BYTES=, IMAGES=, WORKERS=, QUICK=1)"
 	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
 	@echo "make lint     verilator --lint-only on the generated Verilog with lint/verilator.vlt"
 	@echo "make scaling  synthesize SIZES= array sizes: resources, Fmax, MNIST RTL cycles/image, images/s (table + PNG)"
@@ -59,7 +60,10 @@ train: $(STAMP)
 	$(PY) -m sw.mnist_app quantize --float models/mnist_float.npz --out models/mnist_int8.npz
 
 mnist: $(STAMP)
-	$(PY) -m sw.mnist_app run --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH)
+	$(PY) -m sw.mnist_app run --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH) $(if $(WORKERS),--workers $(WORKERS)) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES))
+
+bench: $(STAMP)
+	$(PY) -m sim.bench --rows $(ROWS) --cols $(COLS) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES)) $(if $(IMAGES),--images $(IMAGES)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(QUICK),--quick)
 
 synth: $(STAMP)
 	$(PY) -m hw.fpga synth --target $(TARGET) --rows $(ROWS) --cols $(COLS)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter, deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -134,6 +135,12 @@ def candidate_tilings(m: int, k: int, n: int, config: HardwareConfig, limit: int
     evened out over the chunk's steps. The estimate is rough (see :func:`_estimate`); the compiler ranks the first
     few exactly with :mod:`sim.cycle_model`.
     """
+    return list(_ranked_tilings(m, k, n, config)[:limit])
+
+
+@lru_cache(maxsize=256)
+def _ranked_tilings(m: int, k: int, n: int, config: HardwareConfig) -> tuple:
+    """Every candidate tiling, best estimate first (cached: the compiler asks for the same shapes per batch)."""
     act_depth = min(config.act_depth, _MAX_FIELD_DEPTH)
     wgt_depth = min(config.wgt_depth, _MAX_FIELD_DEPTH)
     acc_depth = min(config.acc_depth, _MAX_FIELD_DEPTH)
@@ -158,7 +165,7 @@ def candidate_tilings(m: int, k: int, n: int, config: HardwareConfig, limit: int
         # Ties go to the wider group (more slack on the bus).
         ranked.append((_estimate(m, k, n, config, m_chunk, n_group, k_tile), -n_group, tiling))
     ranked.sort(key=lambda item: item[:2])
-    return [tiling for _, _, tiling in ranked[:limit]]
+    return tuple(tiling for _, _, tiling in ranked)
 
 
 def plan_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
@@ -453,6 +460,43 @@ def _schedule(m, k, n, config, t: GemmTiling, raw, addr):
     return e.finish()
 
 
+def _layout(m, k, n, config, tiling, raw, base, rng):
+    """The program with final addresses, the region addresses and the image size (see :func:`gemm_program`)."""
+    csize = 4 if raw else 1
+    entry_bytes = config.row_bytes(Buffer.PARAM)
+    # Addresses are relative to each region until the layout (which needs the program's length) is known.
+    relative = _schedule(m, k, n, config, tiling, raw, {"a": 0, "w": 0, "param": 0, "c": 0})
+    prog_len = len(relative)
+    sizes = {"a": m * k, "w": k * n, "param": tiling.n_tiles * entry_bytes, "program": prog_len * INSTRUCTION_BYTES,
+             "c": m * n * csize}
+    order = list(sizes)
+    if rng is not None:
+        order = [order[i] for i in rng.permutation(len(order))]
+    addr, at = {}, base
+    for name in order:
+        align = 64 if rng is None else (16 if name == "program" else 1)
+        if rng is not None:
+            at += int(rng.integers(0, 48))
+        at = -(-at // align) * align
+        addr[name] = at
+        at += sizes[name]
+    end = at + (int(rng.integers(0, 48)) if rng is not None else 0)
+    if end > 1 << 32:
+        raise ValueError(f"The GEMM needs DRAM up to {end:#x}, beyond the 32-bit address space; lower base")
+    region = {Buffer.ACT: addr["a"], Buffer.WGT: addr["w"], Buffer.PARAM: addr["param"]}
+    program = [dataclasses.replace(x, dram_addr=x.dram_addr + region[x.buffer]) if isinstance(x, Load) else
+               dataclasses.replace(x, dram_addr=x.dram_addr + addr["c"]) if isinstance(x, Store) else x
+               for x in relative]
+    return program, addr, end
+
+
+@lru_cache(maxsize=32)
+def _fixed_layout(m, k, n, config, tiling, raw, base):
+    """:func:`_layout` without randomisation, cached: a network runs the same shapes batch after batch."""
+    program, addr, end = _layout(m, k, n, config, tiling, raw, base, None)
+    return tuple(program), to_bytes(program), addr, end
+
+
 # ---- Argument checks --------------------------------------------------------------------------------------------
 
 def _int_array(name, value, lo, hi, shape=None, ndim=None):
@@ -531,32 +575,12 @@ def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_
         tiling = plan_tiling(m, k, n, config)
     elif tiling not in candidate_tilings(m, k, n, config):
         raise ValueError(f"tiling {tiling} is not one of candidate_tilings({m}, {k}, {n}, config)")
-    csize = 4 if raw else 1
-    entry_bytes = config.row_bytes(Buffer.PARAM)
-    # Addresses are relative to each region until the layout (which needs the program's length) is known.
-    relative = _schedule(m, k, n, config, tiling, raw, {"a": 0, "w": 0, "param": 0, "c": 0})
-    prog_len = len(relative)
-    sizes = {"a": m * k, "w": k * n, "param": tiling.n_tiles * entry_bytes, "program": prog_len * INSTRUCTION_BYTES,
-             "c": m * n * csize}
-    order = list(sizes)
-    if rng is not None:
-        order = [order[i] for i in rng.permutation(len(order))]
-    addr, at = {}, base
-    for name in order:
-        align = 64 if rng is None else (16 if name == "program" else 1)
-        if rng is not None:
-            at += int(rng.integers(0, 48))
-        at = -(-at // align) * align
-        addr[name] = at
-        at += sizes[name]
-    end = at + (int(rng.integers(0, 48)) if rng is not None else 0)
-    if end > 1 << 32:
-        raise ValueError(f"The GEMM needs DRAM up to {end:#x}, beyond the 32-bit address space; lower base")
-
-    region = {Buffer.ACT: addr["a"], Buffer.WGT: addr["w"], Buffer.PARAM: addr["param"]}
-    program = [dataclasses.replace(x, dram_addr=x.dram_addr + region[x.buffer]) if isinstance(x, Load) else
-               dataclasses.replace(x, dram_addr=x.dram_addr + addr["c"]) if isinstance(x, Store) else x
-               for x in relative]
+    if rng is None:     # the deterministic layout depends on the shapes only: built once, reused per batch
+        program, program_bytes, addr, end = _fixed_layout(m, k, n, config, tiling, raw, base)
+    else:
+        program, addr, end = _layout(m, k, n, config, tiling, raw, base, rng)
+        program_bytes = to_bytes(program)
+    prog_len = len(program)
     dram = rng.integers(0, 256, size=end, dtype=np.uint8) if rng is not None else np.zeros(end, dtype=np.uint8)
 
     def put(name, blob):
@@ -568,10 +592,10 @@ def gemm_program(a, w, bias, multiplier, shift, zero_point=0, act_min=-128, act_
                                            multiplier[j * config.cols:(j + 1) * config.cols],
                                            shift[j * config.cols:(j + 1) * config.cols], zero_point, act_min, act_max)
                           for j in range(tiling.n_tiles)))
-    put("program", to_bytes(program))
+    put("program", program_bytes)
     expected = quantized_gemm(a.astype(np.int8), w.astype(np.int8), bias, multiplier, shift, zero_point, act_min,
                               act_max, raw=raw) if with_expected else None
-    return GemmProgram(config=config, tiling=tiling, program=program, dram=dram, prog_addr=addr["program"],
+    return GemmProgram(config=config, tiling=tiling, program=list(program), dram=dram, prog_addr=addr["program"],
                        prog_len=prog_len, a_addr=addr["a"], w_addr=addr["w"], param_addr=addr["param"],
                        c_addr=addr["c"], c_shape=(m, n), c_dtype=np.dtype(np.int32 if raw else np.int8),
                        expected=expected)

@@ -9,6 +9,8 @@ verilator  the compiled programs on the RTL, compiled by Verilator into a native
            (:mod:`sim.verilator_backend`); per-layer cycles from the hardware counters
 icarus     the compiled programs on the RTL under cocotb and Icarus Verilog (slow: a cross-check of the simulator)
 gpu        the integer path on PyTorch: CUDA when a GPU is present, otherwise PyTorch's CPU backend (with a note)
+model      the NumPy int8 path for the logits and the exact cycle model (:mod:`sim.cycle_model`) for each layer's
+           cycles: the counters the verilator backend would read, for a whole test set in seconds
 ========== ================================================================================================
 
 Every int8 backend gives bit-identical logits (the tests check it). Host layers (MaxPool2D, Flatten) run in NumPy
@@ -42,7 +44,7 @@ from .reference import int8_forward
 __all__ = ["BACKENDS", "BackendUnavailable", "Driver", "Inference", "LayerStats", "DEFAULT_CONFIG",
            "config_from_registers", "default_workers", "MAX_WORKERS"]
 
-BACKENDS = ("cpu", "golden", "verilator", "icarus", "gpu")
+BACKENDS = ("cpu", "golden", "verilator", "icarus", "gpu", "model")
 
 #: Backends whose batches run in parallel threads.
 PARALLEL_BACKENDS = ("verilator",)
@@ -291,11 +293,15 @@ class Driver:
 
     def _run_batch(self, x, executor, on_program):
         stats = [LayerStats(s.name, s.kind, s.target) for s in self.compiled.steps]
-        if self.backend == "cpu":
+        if self.backend in ("cpu", "model"):
             t0 = time.perf_counter()
+            n = len(x)
             x = int8_forward(self.qnet, x)
+            predicted = self.compiled.predicted_cycles(n) if self.backend == "model" else {}
             for layer, step in zip(stats, self.compiled.steps):
-                layer.macs += step.macs(len(x))
+                layer.macs += step.macs(n)
+                if step.name in predicted:
+                    layer.cycles = predicted[step.name]
             stats[0].host_s = stats[0].wall_s = time.perf_counter() - t0
             return x, stats
         for layer, step in zip(stats, self.compiled.steps):

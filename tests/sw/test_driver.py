@@ -141,3 +141,16 @@ def test_watchdog_reports_cycles(workers):
     driver = Driver(qnet, backend="verilator", config=SMALL, max_cycles=50, batch_size=1, workers=workers)
     with pytest.raises(SimulationTimeout, match="50"):
         driver.run(images)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_model_backend_gives_cpu_logits_and_the_rtl_cycles(seed):
+    """BACKEND=model: the CPU int8 logits and, per layer, exactly the cycles the Verilator RTL counts."""
+    _, qnet, images = random_case(seed, n_images=5)
+    model = Driver(qnet, backend="model", config=SMALL, batch_size=2).run(images)
+    cpu = Driver(qnet, backend="cpu", config=SMALL).run(images)
+    rtl = Driver(qnet, backend="verilator", config=SMALL, batch_size=2, workers=1).run(images)
+    assert_same_logits(seed, "model", model.logits, cpu.logits)
+    got = {layer.name: layer.cycles for layer in model.layers if layer.target == "accelerator"}
+    want = {layer.name: layer.cycles for layer in rtl.layers if layer.target == "accelerator"}
+    assert got == want, f"seed {seed}: model cycles {got}, RTL {want}"
