@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hw.isa import HardwareConfig
 
-__all__ = ["mnist_cycles_per_image", "CACHE"]
+__all__ = ["mnist_cycles_per_image", "network_macs_per_image", "CACHE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "build" / "reports" / "mnist_cycles.json"
@@ -73,3 +73,28 @@ def mnist_cycles_per_image(rows: int, cols: int, *, images: int = 32, bus_bytes:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
     return value
+
+
+def network_macs_per_image(network) -> int:
+    """MACs of one image through the Conv2D and Dense layers of ``network`` (what the accelerator computes)."""
+    from .network import Conv2D, Dense
+
+    shapes = network.shapes()
+    total = 0
+    for layer, shape_in, shape_out in zip(network.layers, shapes, shapes[1:]):
+        if isinstance(layer, Conv2D):
+            kh, kw = layer.kernel
+            oh, ow, filters = shape_out
+            total += oh * ow * filters * kh * kw * shape_in[2]
+        elif isinstance(layer, Dense):
+            total += int(shape_in[0]) * int(shape_out[0])
+    return total
+
+
+def _reference_macs() -> int:
+    from .network import mnist_cnn
+    return network_macs_per_image(mnist_cnn())
+
+
+#: Read by the scaling study for its MACs-per-DSP-per-cycle column.
+mnist_cycles_per_image.macs_per_image = _reference_macs()

@@ -5,8 +5,9 @@ writes ``build/reports/scaling-<target>[-<design>].{json,csv,png}``: one row per
 Fmax and the critical path. A size that does not fit is a row with ``fits = false`` and the reason, not an abort.
 
 Hook for the performance model: pass ``cycles_per_image``, a callable ``(rows, cols) -> cycles`` (e.g. MNIST cycles
-per image from the cycle model); the table then gains ``cycles_per_image`` and ``images_per_s = Fmax / cycles``
-columns, and the plot a throughput panel. On the command line: ``--cycles-per-image package.module:function``.
+per image from the RTL counters, :func:`sw.perf.mnist_cycles_per_image`); the table then gains ``cycles_per_image``
+and ``images_per_s = Fmax / cycles`` columns, and the plot a throughput panel. If the callable has a
+``macs_per_image`` attribute, ``macs_per_dsp_cycle`` (useful MACs per DSP block per cycle) is filled in too. On the command line: ``--cycles-per-image package.module:function``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SCALING_COLUMNS = (
     "rows", "cols", "fits",
     *[f"{kind}{suffix}" for kind in RESOURCE_KINDS for suffix in ("", "_available", "_pct")],
     "fmax_mhz", "timing_met", "critical_start", "critical_end", "critical_delay_ns",
-    "cycles_per_image", "images_per_s", "wall_time_s", "report", "error",
+    "cycles_per_image", "images_per_s", "macs_per_dsp_cycle", "wall_time_s", "report", "error",
 )
 
 
@@ -99,6 +100,10 @@ def _row(report: dict, cycles_per_image) -> dict:
     row["cycles_per_image"] = cycles
     row["images_per_s"] = (round(row["fmax_mhz"] * 1e6 / cycles, 1)
                            if cycles and row["fmax_mhz"] else None)
+    # Useful MACs per DSP block per cycle, when the hook says how many MACs an image needs.
+    macs = getattr(cycles_per_image, "macs_per_image", None)
+    dsp = row.get("dsp")
+    row["macs_per_dsp_cycle"] = round(macs / cycles / dsp, 3) if macs and cycles and dsp else None
     return row
 
 

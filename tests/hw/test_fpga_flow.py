@@ -117,8 +117,13 @@ def test_parse_pnr_overflow():
 def test_scaling_files(ecp5_report, tmp_path):
     too_big = json.loads(json.dumps(ecp5_report))
     too_big.update(rows=64, cols=64, fits=False, fmax_mhz=None, critical_path=None, error="does not fit")
-    rows = [_row(ecp5_report, lambda r, c: 1000 * r * c), _row(too_big, None)]
+    def hook(r, c):
+        return 1000 * r * c
+    hook.macs_per_image = 5000
+    rows = [_row(ecp5_report, hook), _row(too_big, None)]
     assert rows[0]["images_per_s"] == pytest.approx(ecp5_report["fmax_mhz"] * 1e3, rel=1e-3)
+    dsp = ecp5_report["resources"]["dsp"]["count"]
+    assert rows[0]["macs_per_dsp_cycle"] == (round(5000 / 1000 / dsp, 3) if dsp else None)
     assert rows[1]["images_per_s"] is None and rows[1]["fits"] is False
     paths = write_scaling(rows, target="ecp5-25k", design="engine", out_dir=tmp_path)
     assert Path(paths["json"]).name == "scaling-ecp5-25k-engine.json"

@@ -47,3 +47,12 @@ def test_choose_batch_prefers_the_smallest_batch_near_the_best():
     chosen = compiled.choose_batch((1, 2, 4, 8))
     assert per_image[chosen] <= min(per_image.values()) * 1.01
     assert all(per_image[b] > min(per_image.values()) * 1.01 for b in (1, 2, 4, 8) if b < chosen)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_network_macs_per_image_counts_what_the_compiler_runs(seed):
+    from sw.perf import network_macs_per_image
+    rng = np.random.default_rng(seed)
+    network = random_network(rng)
+    qnet = quantize(network, random_params(rng, network), images_to_float(random_images(rng, network, 4)))
+    assert network_macs_per_image(network) == sum(s.macs(1) for s in compile_network(qnet, SMALL).steps)
