@@ -169,8 +169,8 @@ class AXI4Master(wiring.Component):
         return _PAGE_BYTES // self.bytes_per_word
 
     def _address_channel(self, m, name: str, channel, start_word, start_beats, start, room):
-        """Issue the bursts of a command on ``channel`` while ``room``; returns (every burst presented, a burst is
-        presented this cycle, its length, words left before it)."""
+        """Issue the bursts of a command on ``channel`` while ``room``; returns (free for a new command, a burst is
+        presented this cycle, that burst is its command's last, words left before it)."""
         word_bits = self._addr_width - self._offset_bits
         page_bits = self.page_words.bit_length() - 1
         word = Signal(word_bits, name=f"{name}_word")      # word address of the next burst
@@ -201,21 +201,32 @@ class AXI4Master(wiring.Component):
         # last burst is presented on (the command's registers win over the burst's update), so one-burst commands
         # follow one per cycle.
         m.d.comb += present.eq((left != 0) & (~channel.valid | channel.ready) & room)
+        # ``single``: the words left fit in the next burst (it is the command's last). Registered along with word
+        # and left, so the command handshake (``free``) does not wait for the burst arithmetic.
+        single = Signal(name=f"{name}_single")
+
+        def fits(w, n):
+            return (n <= self._max_burst) & (n <= self.page_words - w[:page_bits])
+
+        next_word = Signal(word_bits, name=f"{name}_next_word")
+        next_left = Signal(self.beats_width, name=f"{name}_next_left")
+        m.d.comb += [next_word.eq(word + burst), next_left.eq(left - burst)]
         with m.If(present):
             m.d.sync += [
                 channel.valid.eq(1),
                 channel.addr.eq(word << self._offset_bits),
                 channel.len.eq(burst - 1),
-                word.eq(word + burst),
-                left.eq(left - burst),
+                word.eq(next_word),
+                left.eq(next_left),
+                single.eq(fits(next_word, next_left)),
             ]
         with m.Elif(handshake):
             m.d.sync += channel.valid.eq(0)
         with m.If(start):
-            m.d.sync += [word.eq(start_word), left.eq(start_beats)]
+            m.d.sync += [word.eq(start_word), left.eq(start_beats), single.eq(fits(start_word, start_beats))]
         # Free for the next command when no burst is left, or in the cycle the last one is presented.
-        free = (left == 0) | (present & (burst == left))
-        return free, present, burst, left
+        free = (left == 0) | (present & single)
+        return free, present, single, left
 
     def elaborate(self, platform):
         m = Module()
@@ -263,7 +274,7 @@ class AXI4Master(wiring.Component):
         wr_start = self.wr_cmd.valid & self.wr_cmd.ready
         wr_word = self.wr_cmd.payload.addr[self._offset_bits:]
         wr_beats = self.wr_cmd.payload.beats
-        aw_free, aw_present, aw_burst, aw_left = self._address_channel(m, "aw", bus.aw, wr_word, wr_beats, wr_start,
+        aw_free, aw_present, aw_last, aw_left = self._address_channel(m, "aw", bus.aw, wr_word, wr_beats, wr_start,
                                                                        room=b_queue.w_rdy)
         m.d.comb += [
             # A zero-word command's mark cannot share b_queue's write port with a presented burst: it waits a cycle.
@@ -272,7 +283,7 @@ class AXI4Master(wiring.Component):
             w_queue.w_data.eq(Cat(wr_word, wr_beats)),
         ]
         with m.If(aw_present):
-            m.d.comb += [b_queue.w_en.eq(1), b_queue.w_data.eq(Cat(aw_burst == aw_left, 0))]
+            m.d.comb += [b_queue.w_en.eq(1), b_queue.w_data.eq(Cat(aw_last, 0))]
         with m.Elif(wr_start & (wr_beats == 0)):
             m.d.comb += [b_queue.w_en.eq(1), b_queue.w_data.eq(Cat(1, 1))]
 
