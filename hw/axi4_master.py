@@ -208,17 +208,21 @@ class AXI4Master(wiring.Component):
         def fits(w, n):
             return (n <= self._max_burst) & (n <= self.page_words - w[:page_bits])
 
-        next_word = Signal(word_bits, name=f"{name}_next_word")
-        next_left = Signal(self.beats_width, name=f"{name}_next_left")
-        m.d.comb += [next_word.eq(word + burst), next_left.eq(left - burst)]
+        # After a burst that is not the command's last (burst = limit < left), whether the rest fits in the next
+        # one, without the burst arithmetic: a burst cut at the page end leaves the next one starting on a page,
+        # one cut at max_burst leaves ``to_page - max_burst`` words to the page end.
+        cap = min(self._max_burst, self.page_words)
+        single_after = Signal(name=f"{name}_single_after")
+        m.d.comb += single_after.eq(Mux(to_page <= self._max_burst, left <= to_page + cap,
+                                        (left <= 2 * self._max_burst) & (left <= to_page)))
         with m.If(present):
             m.d.sync += [
                 channel.valid.eq(1),
                 channel.addr.eq(word << self._offset_bits),
                 channel.len.eq(burst - 1),
-                word.eq(next_word),
-                left.eq(next_left),
-                single.eq(fits(next_word, next_left)),
+                word.eq(word + burst),
+                left.eq(left - burst),
+                single.eq(single_after),
             ]
         with m.Elif(handshake):
             m.d.sync += channel.valid.eq(0)
