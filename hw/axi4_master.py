@@ -200,7 +200,10 @@ class AXI4Master(wiring.Component):
         # command (``start``) is taken once every burst of the previous one has been presented, from the cycle its
         # last burst is presented on (the command's registers win over the burst's update), so one-burst commands
         # follow one per cycle.
-        m.d.comb += present.eq((left != 0) & (~channel.valid | channel.ready) & room)
+        # ``empty`` is ``left == 0`` as a register (set by the last burst, cleared by a command with words), so the
+        # command accept below depends on registers and ``ready`` only.
+        empty = Signal(init=1, name=f"{name}_empty")
+        m.d.comb += present.eq(~empty & (~channel.valid | channel.ready) & room)
         # ``single``: the words left fit in the next burst (it is the command's last). Registered along with word
         # and left, so the command handshake (``free``) does not wait for the burst arithmetic.
         single = Signal(name=f"{name}_single")
@@ -223,13 +226,15 @@ class AXI4Master(wiring.Component):
                 word.eq(word + burst),
                 left.eq(left - burst),
                 single.eq(single_after),
+                empty.eq(single),
             ]
         with m.Elif(handshake):
             m.d.sync += channel.valid.eq(0)
         with m.If(start):
-            m.d.sync += [word.eq(start_word), left.eq(start_beats), single.eq(fits(start_word, start_beats))]
+            m.d.sync += [word.eq(start_word), left.eq(start_beats), single.eq(fits(start_word, start_beats)),
+                         empty.eq(start_beats == 0)]
         # Free for the next command when no burst is left, or in the cycle the last one is presented.
-        free = (left == 0) | (present & single)
+        free = empty | (present & single)
         return free, present, single, left
 
     def elaborate(self, platform):
