@@ -170,7 +170,7 @@ class AXI4Master(wiring.Component):
 
     def _address_channel(self, m, name: str, channel, start_word, start_beats, start, room):
         """Issue the bursts of a command on ``channel`` while ``room``; returns (free for a new command, a burst is
-        presented this cycle, that burst is its command's last, words left before it)."""
+        presented this cycle, that burst is its command's last, no burst left)."""
         word_bits = self._addr_width - self._offset_bits
         page_bits = self.page_words.bit_length() - 1
         word = Signal(word_bits, name=f"{name}_word")      # word address of the next burst
@@ -235,7 +235,7 @@ class AXI4Master(wiring.Component):
                          empty.eq(start_beats == 0)]
         # Free for the next command when no burst is left, or in the cycle the last one is presented.
         free = empty | (present & single)
-        return free, present, single, left
+        return free, present, single, empty
 
     def elaborate(self, platform):
         m = Module()
@@ -250,7 +250,7 @@ class AXI4Master(wiring.Component):
         m.submodules.rd_queue = rd_queue = SyncFIFO(width=self.beats_width, depth=self._max_commands)
         rd_start = self.rd_cmd.valid & self.rd_cmd.ready
         rd_word = self.rd_cmd.payload.addr[self._offset_bits:]
-        ar_free, _, _, ar_left = self._address_channel(m, "ar", bus.ar, rd_word, self.rd_cmd.payload.beats, rd_start,
+        ar_free, _, _, ar_empty = self._address_channel(m, "ar", bus.ar, rd_word, self.rd_cmd.payload.beats, rd_start,
                                                  room=1)
         r_left = Signal(self.beats_width)  # words of the current command still to come on R
         r_handshake = bus.r.valid & bus.r.ready
@@ -272,7 +272,7 @@ class AXI4Master(wiring.Component):
         with m.Elif(r_handshake):
             m.d.sync += r_left.eq(r_left - 1)
         rd_active = Signal()
-        m.d.comb += rd_active.eq((ar_left != 0) | bus.ar.valid | (r_left != 0) | rd_queue.r_rdy)
+        m.d.comb += rd_active.eq(~ar_empty | bus.ar.valid | (r_left != 0) | rd_queue.r_rdy)
 
         # --------------------------------------------------------------- writes
         # Accepted commands wait in ``w_queue`` (start word and count) for the W side. Every burst presented on AW
@@ -283,7 +283,7 @@ class AXI4Master(wiring.Component):
         wr_start = self.wr_cmd.valid & self.wr_cmd.ready
         wr_word = self.wr_cmd.payload.addr[self._offset_bits:]
         wr_beats = self.wr_cmd.payload.beats
-        aw_free, aw_present, aw_last, aw_left = self._address_channel(m, "aw", bus.aw, wr_word, wr_beats, wr_start,
+        aw_free, aw_present, aw_last, aw_empty = self._address_channel(m, "aw", bus.aw, wr_word, wr_beats, wr_start,
                                                                        room=b_queue.w_rdy)
         m.d.comb += [
             # A zero-word command's mark cannot share b_queue's write port with a presented burst: it waits a cycle.
@@ -341,7 +341,7 @@ class AXI4Master(wiring.Component):
                 m.d.sync += wr_error.eq(wr_error | bus.b.resp[1])
         wr_active = Signal()
         m.d.comb += [
-            wr_active.eq((aw_left != 0) | bus.aw.valid | (w_left != 0) | w_queue.r_rdy | b_queue.r_rdy | resp_valid),
+            wr_active.eq(~aw_empty | bus.aw.valid | (w_left != 0) | w_queue.r_rdy | b_queue.r_rdy | resp_valid),
             self.wr_resp.valid.eq(resp_valid),
             self.wr_resp.payload.error.eq(resp_error),
             self.rd_busy.eq(rd_active),
