@@ -106,7 +106,8 @@ class Accelerator(wiring.Component):
         m.submodules.master = core(master := AXI4Master(addr_width=self._addr_width, data_width=self._data_width))
         wiring.connect(m, master.bus, wiring.flipped(self.bus))
         m.submodules.arbiter = core(arbiter := ReadArbiter(cmd_shape=master.rd_cmd.payload.shape(),
-                                                           data_shape=master.rd_data.payload.shape()))
+                                                           data_shape=master.rd_data.payload.shape(),
+                                                           outstanding=master.outstanding))
         wiring.connect(m, arbiter.rd_cmd, master.rd_cmd)
         wiring.connect(m, master.rd_data, arbiter.rd_data)
 

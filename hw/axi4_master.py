@@ -128,8 +128,7 @@ class AXI4Master(wiring.Component):
         if not isinstance(outstanding, int) or isinstance(outstanding, bool) or not 1 <= outstanding <= 256:
             raise ValueError(f"Outstanding command limit must be an integer from 1 to 256, not {outstanding!r}")
         self._max_burst = max_burst
-        self._max_commands = outstanding
-        self._max_bursts = outstanding
+        self._outstanding = outstanding
         self._offset_bits = word_offset_bits(data_width)
         cmd = read_command_layout(addr_width, data_width)
         super().__init__({
@@ -147,7 +146,7 @@ class AXI4Master(wiring.Component):
     addr_width = property(lambda self: self._addr_width)
     data_width = property(lambda self: self._data_width)
     max_burst = property(lambda self: self._max_burst)
-    outstanding = property(lambda self: self._max_commands)
+    outstanding = property(lambda self: self._outstanding)
 
     @property
     def bytes_per_word(self) -> int:
@@ -247,7 +246,7 @@ class AXI4Master(wiring.Component):
         # ---------------------------------------------------------------- reads
         # Accepted commands wait in ``rd_queue`` (their word counts) for the R side; the AR side issues the
         # bursts of one command after another as soon as each is accepted.
-        m.submodules.rd_queue = rd_queue = SyncFIFO(width=self.beats_width, depth=self._max_commands)
+        m.submodules.rd_queue = rd_queue = SyncFIFO(width=self.beats_width, depth=self._outstanding)
         rd_start = self.rd_cmd.valid & self.rd_cmd.ready
         rd_word = self.rd_cmd.payload.addr[self._offset_bits:]
         ar_free, _, _, ar_empty = self._address_channel(m, "ar", bus.ar, rd_word, self.rd_cmd.payload.beats, rd_start,
@@ -278,8 +277,8 @@ class AXI4Master(wiring.Component):
         # Accepted commands wait in ``w_queue`` (start word and count) for the W side. Every burst presented on AW
         # puts a mark in ``b_queue`` (is it its command's last burst?), a zero-word command a mark of its own, so
         # the B responses, which come in AW order, are attributed to their commands without any burst arithmetic.
-        m.submodules.w_queue = w_queue = SyncFIFO(width=word_bits + self.beats_width, depth=self._max_commands)
-        m.submodules.b_queue = b_queue = SyncFIFO(width=2, depth=self._max_bursts)
+        m.submodules.w_queue = w_queue = SyncFIFO(width=word_bits + self.beats_width, depth=self._outstanding)
+        m.submodules.b_queue = b_queue = SyncFIFO(width=2, depth=self._outstanding)
         wr_start = self.wr_cmd.valid & self.wr_cmd.ready
         wr_word = self.wr_cmd.payload.addr[self._offset_bits:]
         wr_beats = self.wr_cmd.payload.beats

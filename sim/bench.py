@@ -22,8 +22,7 @@ ratios, not the absolute figures. Three sections, printed as tables and written 
    ``model``: :func:`sim.cycle_model.predict_cycles` of each program's instructions, summed the same way, when
    that module exists (else null; computed after the timed run, so it does not slow the MNIST figures).
 
-The cocotb runs execute :func:`bench_job` below inside the simulator process (cocotb imports this file as the
-top-level module ``bench``).
+The cocotb runs execute :mod:`sim.cocotb_job` (the ``icarus`` backend's job runner) inside the simulator.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ BUILD_DIR = ROOT / "build" / "bench"
 #: The simulators compared, fastest first; the first is the reference of the ratios.
 BACKENDS = ("verilator", "cocotb-verilator", "cocotb-icarus", "amaranth")
 TEST_SET_IMAGES = 10_000
-_CLOCK_NS = 10   # sim.cocotb_host's clock period
 
 
 def scalesim_cycles(m: int, k: int, n: int, rows: int, cols: int) -> int:
@@ -139,7 +137,8 @@ def run_fast(config, program, *, min_seconds: float = 2.0) -> dict:
 
 
 def run_cocotb_backend(simulator: str, verilog: Path, config, program, *, max_cycles: int) -> dict:
-    """cocotb (``simulator`` = icarus or verilator) running :func:`bench_job` on ``verilog``."""
+    """cocotb (``simulator`` = icarus or verilator) running :mod:`sim.cocotb_job` on ``verilog``; a watchdog
+    expiry fails the run (the cocotb log names it)."""
     from sim.cocotb_runner import run_cocotb
 
     slug = f"{config.rows}x{config.cols}_b{config.bus_bytes}"
@@ -148,14 +147,14 @@ def run_cocotb_backend(simulator: str, verilog: Path, config, program, *, max_cy
         np.savez(job, dram=program.dram, prog_addr=program.prog_addr, prog_len=program.prog_len,
                  max_cycles=max_cycles)
         t0 = time.perf_counter()
-        run_cocotb(simulator, verilog=verilog, toplevel="accelerator", test_module=Path(__file__),
-                   build_dir=BUILD_DIR / f"cocotb_{simulator}" / slug, testcase="bench_job",
-                   extra_env={"BENCH_JOB": job, "BENCH_RESULT": out})
+        run_cocotb(simulator, verilog=verilog, toplevel="accelerator",
+                   test_module=Path(__file__).with_name("cocotb_job.py"),
+                   build_dir=BUILD_DIR / f"cocotb_{simulator}" / slug, extra_env={"JOB_FILE": job, "RESULT_FILE": out})
         elapsed = time.perf_counter() - t0
         with np.load(out, allow_pickle=False) as result:
             dram = result["dram"].copy()
             info = json.loads(str(result["info"]))
-    return _entry(f"cocotb-{simulator}", completed=info["completed"], cycles=info["total_cycles"],
+    return _entry(f"cocotb-{simulator}", completed=True, cycles=info["total_cycles"],
                   program_cycles=info["counters"]["cycles"], wall_s=info["wall_s"], cpu_s=info["cpu_s"],
                   setup_s=elapsed - info["wall_s"], final=dram, program=program)
 
@@ -467,53 +466,5 @@ def main(argv=None) -> int:
 
 
 # ---- cocotb entry point -----------------------------------------------------------------------------------------
-# Run inside the simulator by run_cocotb_backend; BENCH_JOB names the .npz job (dram, prog_addr, prog_len,
-# max_cycles), BENCH_RESULT where the final DRAM and the measurements go.
-
-try:
-    import cocotb as _cocotb
-except ImportError:     # the bench runs without cocotb; only its cocotb section needs it
-    _cocotb = None
-
-if _cocotb is not None:
-    @_cocotb.test()
-    async def bench_job(dut):
-        from cocotb.simtime import get_sim_time
-        from cocotb.triggers import ReadOnly, RisingEdge
-
-        from hw.regmap import OFFSETS
-        from sim.axi_models import read_signal
-        from sim.cocotb_host import AcceleratorHost
-
-        with np.load(os.environ["BENCH_JOB"], allow_pickle=False) as job:
-            dram = job["dram"]
-            prog_addr, prog_len, max_cycles = (int(job[k]) for k in ("prog_addr", "prog_len", "max_cycles"))
-        host = AcceleratorHost(dut, mem_size=-(-len(dram) // 4096) * 4096, seed=0, latency=(0, 0), stall_prob=0.0)
-        start_ns = get_sim_time("ns")
-        start, start_cpu = time.perf_counter(), time.process_time()
-        await host.reset()
-        host.ram.mem[:len(dram)] = dram.tobytes()
-        for name, value in (("irq_enable", 1), ("prog_addr", prog_addr), ("prog_len", prog_len), ("ctrl", 1)):
-            await host.csr.write(OFFSETS[name], value)
-        completed = False
-        for _ in range(max_cycles):
-            await ReadOnly()
-            if read_signal(dut.irq):
-                completed = True
-                break
-            await RisingEdge(dut.clk)
-        await RisingEdge(dut.clk)
-        status = await host.csr.read(OFFSETS["status"])
-        error_index = await host.csr.read(OFFSETS["error_index"])
-        counters = await host.read_counters()
-        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        total_cycles = round((get_sim_time("ns") - start_ns) / _CLOCK_NS)
-        host.ram.check()
-        info = {"completed": completed, "status": status, "error_index": error_index, "counters": counters,
-                "total_cycles": total_cycles, "wall_s": wall, "cpu_s": cpu}
-        np.savez(os.environ["BENCH_RESULT"], dram=np.frombuffer(bytes(host.ram.mem[:len(dram)]), dtype=np.uint8),
-                 info=np.array(json.dumps(info)))
-
-
 if __name__ == "__main__":
     sys.exit(main())

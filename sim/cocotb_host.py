@@ -18,6 +18,9 @@ from .axi_models import AxiLiteMaster, AxiRam, read_signal
 
 __all__ = ["AcceleratorHost", "RunResult", "COUNTERS", "CONFIG_REGISTERS"]
 
+#: Clock period of the accelerator under cocotb (cycles = simulated ns / CLOCK_NS).
+CLOCK_NS = 10
+
 
 
 @dataclass
@@ -38,7 +41,7 @@ class AcceleratorHost:
     def __init__(self, dut, *, mem_size: int, seed: int, latency=(0, 8), stall_prob=0.3):
         self.dut = dut
         self.seed = seed
-        Clock(dut.clk, 10, unit="ns").start()
+        Clock(dut.clk, CLOCK_NS, unit="ns").start()
         self.ram = AxiRam((dut, "bus"), dut.clk, mem_size, seed=seed, latency=latency, stall_prob=stall_prob)
         self.csr = None
         self.cycle = 0

@@ -103,12 +103,12 @@ def _ceil(a: int, b: int) -> int:
 
 def _words(nbytes: int, bus_bytes: int, aligned: bool) -> int:
     """Bus words a row of ``nbytes`` covers (one more when it may straddle a word boundary)."""
-    return _ceil(nbytes, bus_bytes) + (0 if aligned or bus_bytes == 1 else 1)
+    return _ceil(nbytes, bus_bytes) + (0 if aligned else 1)
 
 
 def _estimate(m, k, n, config, m_chunk, n_group, k_tile):
     """Rough cycles of a tiling: every K tile of every chunk costs the larger of its MATMULs (with the hand-over
-    bubble of short ones) and the bus words its loads and instruction fetches need; the first loads are not hidden.
+    bubble of short ones) and the bus words its loads and instruction fetches need, plus an unhidden fill/drain.
     Only used to rank tilings, never as a figure."""
     bus = config.bus_bytes
     n_tiles, k_tiles = _ceil(n, config.cols), _ceil(k, k_tile)
@@ -125,6 +125,7 @@ def _estimate(m, k, n, config, m_chunk, n_group, k_tile):
             # Each LOAD also pays a few cycles of command and write-back latency.
             reads = mm * a_words + g * k_tile * w_words + fetch * (1 + 2 * g) + _LOAD_OVERHEAD * (1 + g)
             total += k_tiles * max(compute, reads)
+    # The pipeline's fill and drain, costed as one K tile's loads of the last chunk.
     return total + mm * a_words + g * k_tile * w_words
 
 

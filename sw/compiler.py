@@ -41,7 +41,8 @@ from .im2col import im2col
 from .network import Conv2D, Dense, Flatten, MaxPool2D
 from .reference import max_pool
 
-__all__ = ["CompileError", "LayerStep", "CompiledNetwork", "choose_tiling", "compile_network", "predict_gemm"]
+__all__ = ["CompileError", "LayerStep", "CompiledNetwork", "choose_tiling", "compile_network", "layer_gemm_shape",
+           "predict_gemm"]
 
 #: Tilings (best by the rough estimate) that :func:`choose_tiling` ranks with the exact cycle model.
 TILING_CANDIDATES = 2
@@ -107,6 +108,17 @@ class CompileError(ValueError):
     """A network the compiler cannot lower (the message names the layer and what is unsupported)."""
 
 
+def layer_gemm_shape(layer, input_shape, output_shape, batch: int = 1):
+    """(M, K, N) of the GEMM a Conv2D (im2col) or Dense layer becomes for ``batch`` images; None for other layers."""
+    if isinstance(layer, Conv2D):
+        oh, ow, f = output_shape
+        kh, kw = layer.kernel
+        return batch * oh * ow, kh * kw * input_shape[2], f
+    if isinstance(layer, Dense):
+        return batch, input_shape[0], output_shape[0]
+    return None
+
+
 @dataclass(frozen=True)
 class LayerStep:
     """One layer as the compiler runs it: on the ``accelerator`` (a GEMM program) or on the ``host``."""
@@ -121,13 +133,10 @@ class LayerStep:
 
     def gemm_shape(self, batch: int) -> tuple[int, int, int]:
         """(M, K, N) of this layer's GEMM for ``batch`` images."""
-        if self.kind == "conv2d":
-            oh, ow, f = self.output_shape
-            kh, kw = self.layer.kernel
-            return batch * oh * ow, kh * kw * self.input_shape[2], f
-        if self.kind == "dense":
-            return batch, self.input_shape[0], self.output_shape[0]
-        raise ValueError(f"layer {self.name!r} ({self.kind}) runs on the host and has no GEMM")
+        shape = layer_gemm_shape(self.layer, self.input_shape, self.output_shape, batch)
+        if shape is None:
+            raise ValueError(f"layer {self.name!r} ({self.kind}) runs on the host and has no GEMM")
+        return shape
 
     def macs(self, batch: int = 1) -> int:
         if self.target != "accelerator":
