@@ -175,13 +175,18 @@ class AXI4Master(wiring.Component):
         word = Signal(word_bits, name=f"{name}_word")      # word address of the next burst
         left = Signal(self.beats_width, name=f"{name}_left")  # words not yet covered by an issued burst
 
+        # The next burst's bound, as registers: ``to_page`` words to the page end from ``word`` and ``limit`` =
+        # min(to_page, max_burst). They are set by a command and advanced by each burst without an adder on the
+        # word address (see below), so the burst length is a narrow compare and mux on registers.
+        span = max(self.page_words, self._max_burst)
         to_page = Signal(range(self.page_words + 1), name=f"{name}_to_page")
-        limit = Signal(range(max(self.page_words, self._max_burst) + 1), name=f"{name}_limit")
-        burst = Signal(range(max(self.page_words, self._max_burst) + 1), name=f"{name}_burst")
+        limit = Signal(range(span + 1), name=f"{name}_limit")
+        burst = Signal(range(span + 1), name=f"{name}_burst")
+        narrow = len(limit)
+        left_small = Signal(name=f"{name}_left_small")    # left < 2**narrow: its low bits may be the burst
         m.d.comb += [
-            to_page.eq(self.page_words - word[:page_bits]),
-            limit.eq(Mux(to_page < self._max_burst, to_page, self._max_burst)),
-            burst.eq(Mux(left < limit, left, limit)),
+            left_small.eq(left[narrow:] == 0),
+            burst.eq(Mux(left_small & (left[:narrow] < limit), left[:narrow], limit)),
         ]
 
         m.d.comb += [
@@ -210,13 +215,21 @@ class AXI4Master(wiring.Component):
         def fits(w, n):
             return (n <= self._max_burst) & (n <= self.page_words - w[:page_bits])
 
-        # After a burst that is not the command's last (burst = limit < left), whether the rest fits in the next
-        # one, without the burst arithmetic: a burst cut at the page end leaves the next one starting on a page,
-        # one cut at max_burst leaves ``to_page - max_burst`` words to the page end.
+        # After a burst that is not the command's last (burst = limit < left), the next one's bounds and whether
+        # the rest fits in it, without the burst arithmetic: a burst cut at the page end leaves the next one
+        # starting on a page, one cut at max_burst leaves ``to_page - max_burst`` words to the page end.
         cap = min(self._max_burst, self.page_words)
+        page_cut = Signal(name=f"{name}_page_cut")
+        m.d.comb += page_cut.eq(to_page <= self._max_burst)
+        to_page_after = Signal.like(to_page, name=f"{name}_to_page_after")
+        m.d.comb += to_page_after.eq(Mux(page_cut, self.page_words, to_page - self._max_burst))
         single_after = Signal(name=f"{name}_single_after")
-        m.d.comb += single_after.eq(Mux(to_page <= self._max_burst, left <= to_page + cap,
+        m.d.comb += single_after.eq(Mux(page_cut, left <= to_page + cap,
                                         (left <= 2 * self._max_burst) & (left <= to_page)))
+
+        def bound(to_page_value):
+            return Mux(to_page_value < self._max_burst, to_page_value, self._max_burst)
+
         with m.If(present):
             m.d.sync += [
                 channel.valid.eq(1),
@@ -224,13 +237,17 @@ class AXI4Master(wiring.Component):
                 channel.len.eq(burst - 1),
                 word.eq(word + burst),
                 left.eq(left - burst),
+                to_page.eq(to_page_after),
+                limit.eq(bound(to_page_after)),
                 single.eq(single_after),
                 empty.eq(single),
             ]
         with m.Elif(handshake):
             m.d.sync += channel.valid.eq(0)
         with m.If(start):
+            start_to_page = self.page_words - start_word[:page_bits]
             m.d.sync += [word.eq(start_word), left.eq(start_beats), single.eq(fits(start_word, start_beats)),
+                         to_page.eq(start_to_page), limit.eq(bound(start_to_page)),
                          empty.eq(start_beats == 0)]
         # Free for the next command when no burst is left, or in the cycle the last one is presented.
         free = empty | (present & single)

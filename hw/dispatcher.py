@@ -1,6 +1,6 @@
 """The dispatcher: checks each fetched instruction and routes it to the LOAD, COMPUTE or STORE queue in order."""
 
-from amaranth import Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -63,6 +63,12 @@ class Dispatcher(wiring.Component):
         The first fault found by the dispatcher (0 = none).
     dispatched : Out(1)
         Pulses once per instruction sent to a unit queue.
+
+    Pipeline: a *decode* register takes the head of ``instr`` and registers the checks that need no state
+    (unit, legality, ranges, the token queues it pops and pushes); the *decision* in the next cycle checks the token
+    balances and writes the unit queue. The decode register refills in the cycle its instruction is decided, so the
+    two stages keep one instruction per cycle, and with an unbuffered fetch FIFO an instruction written into it in
+    cycle ``f`` is decided in cycle ``f + 2`` at the earliest.
 
     Throughput: one instruction per cycle while the target queue has room.
     """
@@ -138,8 +144,7 @@ class Dispatcher(wiring.Component):
                                             (st.acc_addr + st.count > cfg.acc_depth) |
                                             (st.param_addr >= cfg.param_depth))
 
-        # ---- Token balance in program order.
-        balance = {q: Signal(signed(10), name=f"tokens_{q}") for q in TOKEN_QUEUES}
+        # ---- The token queues it pops and pushes.
         delta_pop = {q: Signal(name=f"pop_{q}") for q in TOKEN_QUEUES}
         delta_push = {q: Signal(name=f"push_{q}") for q in TOKEN_QUEUES}
         with m.If(opcode != Opcode.HALT):
@@ -151,11 +156,45 @@ class Dispatcher(wiring.Component):
                             continue
                         target = delta_pop if flag.startswith("pop") else delta_push
                         m.d.comb += target[q].eq(flags[flag])
+
+        # ---- Decode register: the head and its state-free checks.
+        dec = Signal(data.StructLayout({
+            "word": len(word), "index": INDEX_WIDTH, "unit": 2, "halt": 1,
+            # the state-free fault, by priority (0 = none)
+            "fault": 8,
+            "pop": len(TOKEN_QUEUES), "push": len(TOKEN_QUEUES)}))
+        dec_valid = Signal()
+        static_fault = Signal(8)
+        with m.If(head.overrun):
+            m.d.comb += static_fault.eq(ErrorCode.PROGRAM_OVERRUN)
+        with m.Elif(head.bus_error):
+            m.d.comb += static_fault.eq(ErrorCode.BUS_ERROR_FETCH)
+        with m.Elif(illegal):
+            m.d.comb += static_fault.eq(ErrorCode.ILLEGAL_INSTRUCTION)
+        with m.Elif(out_of_range):
+            m.d.comb += static_fault.eq(ErrorCode.OUT_OF_RANGE)
+        decided = Signal()                   # the decision takes the decode register's instruction this cycle
+        m.d.comb += self.instr.ready.eq(~dec_valid | decided | self.stopped)
+        with m.If(self.instr.valid & self.instr.ready):
+            m.d.sync += [
+                dec_valid.eq(1),
+                dec.word.eq(word), dec.index.eq(head.index), dec.unit.eq(unit),
+                dec.halt.eq(opcode == Opcode.HALT), dec.fault.eq(static_fault),
+                dec.pop.eq(Cat(delta_pop[q] for q in TOKEN_QUEUES)),
+                dec.push.eq(Cat(delta_push[q] for q in TOKEN_QUEUES)),
+            ]
+        with m.Elif(decided | self.stopped):
+            m.d.sync += dec_valid.eq(0)
+
+        # ---- Token balance in program order, checked by the decision.
+        balance = {q: Signal(signed(10), name=f"tokens_{q}") for q in TOKEN_QUEUES}
+        pops = {q: dec.pop[i] for i, q in enumerate(TOKEN_QUEUES)}
+        pushes = {q: dec.push[i] for i, q in enumerate(TOKEN_QUEUES)}
         deadlock = Signal()
         overflow = Signal()
         m.d.comb += [
-            deadlock.eq(_any(delta_pop[q] & (balance[q] == 0) for q in TOKEN_QUEUES)),
-            overflow.eq(_any(delta_push[q] & (balance[q] >= TOKEN_MAX) for q in TOKEN_QUEUES)),
+            deadlock.eq(_any(pops[q] & (balance[q] == 0) for q in TOKEN_QUEUES)),
+            overflow.eq(_any(pushes[q] & (balance[q] >= TOKEN_MAX) for q in TOKEN_QUEUES)),
         ]
 
         # ---- Unit queues.
@@ -167,44 +206,35 @@ class Dispatcher(wiring.Component):
             port = getattr(self, name)
             m.d.comb += [port.valid.eq(fifo.r_rdy), port.payload.eq(fifo.r_data), fifo.r_en.eq(port.ready)]
         entry = Signal(queue_entry_layout())
-        m.d.comb += [entry.word.eq(word), entry.index.eq(head.index)]
+        m.d.comb += [entry.word.eq(dec.word), entry.index.eq(dec.index)]
         target_ready = Signal()
-        with m.Switch(unit):
+        with m.Switch(dec.unit):
             for u, name in ((Unit.LOAD, "load"), (Unit.COMPUTE, "compute"), (Unit.STORE, "store")):
                 with m.Case(u):
                     m.d.comb += [target_ready.eq(fifos[name].w_rdy), fifos[name].w_data.eq(entry)]
 
-        # ---- The decision for the head instruction.
+        # ---- The decision for the decode register's instruction.
         stopped = Signal()
         m.d.comb += self.stopped.eq(stopped | self.stop)
         fault = Signal(8)
-        with m.If(head.overrun):
-            m.d.comb += fault.eq(ErrorCode.PROGRAM_OVERRUN)
-        with m.Elif(head.bus_error):
-            m.d.comb += fault.eq(ErrorCode.BUS_ERROR_FETCH)
-        with m.Elif(illegal):
-            m.d.comb += fault.eq(ErrorCode.ILLEGAL_INSTRUCTION)
-        with m.Elif(out_of_range):
-            m.d.comb += fault.eq(ErrorCode.OUT_OF_RANGE)
+        with m.If(dec.fault != 0):
+            m.d.comb += fault.eq(dec.fault)
         with m.Elif(deadlock):
             m.d.comb += fault.eq(ErrorCode.TOKEN_DEADLOCK)
         with m.Elif(overflow):
             m.d.comb += fault.eq(ErrorCode.TOKEN_OVERFLOW)
 
-        with m.If(self.stopped):
-            m.d.comb += self.instr.ready.eq(1)  # drain and drop
-        with m.Elif(self.instr.valid):
+        with m.If(dec_valid & ~self.stopped):
             with m.If(fault != 0):
-                m.d.comb += self.instr.ready.eq(1)
-                m.d.sync += [stopped.eq(1), self.error.eq(fault), self.error_index.eq(head.index)]
-            with m.Elif(opcode == Opcode.HALT):
-                m.d.comb += self.instr.ready.eq(1)
+                m.d.comb += decided.eq(1)
+                m.d.sync += [stopped.eq(1), self.error.eq(fault), self.error_index.eq(dec.index)]
+            with m.Elif(dec.halt):
+                m.d.comb += decided.eq(1)
                 m.d.sync += [stopped.eq(1), self.halted.eq(1)]
             with m.Elif(target_ready):
-                m.d.comb += self.instr.ready.eq(1)
-                m.d.comb += self.dispatched.eq(1)
+                m.d.comb += [decided.eq(1), self.dispatched.eq(1)]
                 for name, u in (("load", Unit.LOAD), ("compute", Unit.COMPUTE), ("store", Unit.STORE)):
-                    m.d.comb += fifos[name].w_en.eq(unit == u)
+                    m.d.comb += fifos[name].w_en.eq(dec.unit == u)
                 for q in TOKEN_QUEUES:
-                    m.d.sync += balance[q].eq(balance[q] - delta_pop[q] + delta_push[q])
+                    m.d.sync += balance[q].eq(balance[q] - pops[q] + pushes[q])
         return m

@@ -2,7 +2,7 @@
 
 from amaranth import Cat, Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .axi4_master import read_command_layout, read_data_layout
@@ -73,7 +73,7 @@ class InstructionFetch(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         beats = INSTRUCTION_BITS // self._data_width
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=fetched_layout().size, depth=self._depth)
+        m.submodules.fifo = fifo = SyncFIFO(width=fetched_layout().size, depth=self._depth)
 
         running = Signal()
         next_addr = Signal(self._addr_width)

@@ -4,7 +4,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ProcessingElement", "activation_token", "check_widths"]
+__all__ = ["ProcessingElement", "activation_token", "check_widths", "partial_products"]
 
 
 def check_widths(a_width, w_width, acc_width):
@@ -18,6 +18,25 @@ def check_widths(a_width, w_width, acc_width):
             f"(at least {a_width + w_width} bits), not {acc_width}")
 
 
+def partial_products(a, b):
+    """The signed product ``a * b`` as pair sums of partial products: a list of ``(shift, value)`` with
+    ``a * b == sum(value << shift)``.
+
+    ``b``'s bits are taken two at a time (two's complement: the top bit weighs ``-2**(width-1)``); each pair is
+    ``(a if b[i] else 0) + ((a if b[i+1] else 0) << 1)``: one AND level and one short carry chain in the fabric.
+    """
+    width = len(b)
+    terms = []
+    for i in range(0, width, 2):
+        low = Mux(b[i], a, 0)
+        if i == width - 1:                      # odd width: the sign bit alone
+            terms.append((i, -low))
+            continue
+        high = Mux(b[i + 1], a, 0) << 1
+        terms.append((i, low - high if i + 1 == width - 1 else low + high))
+    return terms
+
+
 def activation_token(a_width):
     """Layout of what moves right through a row: an activation and the weight bank it is multiplied with."""
     return data.StructLayout({"data": signed(a_width), "bank": 1})
@@ -26,15 +45,22 @@ def activation_token(a_width):
 class ProcessingElement(wiring.Component):
     """Pipelined weight-stationary multiply-accumulate cell with a double-buffered (active/shadow) weight.
 
-    An activation token arriving on ``a_in`` in cycle ``t`` goes through three registered stages (:attr:`STAGES`):
+    An activation token arriving on ``a_in`` in cycle ``t`` goes through four registered stages (:attr:`STAGES`):
 
     1. ``select``: the activation and the weight of the bank its ``bank`` bit names are registered (the activation
        register is ``a_out``, which also feeds the right neighbour);
-    2. ``multiply``: their product is registered (an FPGA multiplier block between two registers);
-    3. ``accumulate``: the product plus ``psum_in`` (which must arrive in cycle ``t + 2``) is registered on
+    2. ``partial``: the product's partial products are summed in pairs (one carry chain each) and registered;
+    3. ``multiply``: the pair sums are added into the full product, which is registered;
+    4. ``accumulate``: the product plus ``psum_in`` (which must arrive in cycle ``t + 3``) is registered on
        ``psum_out``.
 
-    No path holds more than one of bank multiplexer, multiplier and adder. Because the bank bit travels with the
+    The multiplier is built from partial products in the FPGA fabric (LUTs and carry chains, see
+    :func:`partial_products`), not inferred as a ``$mul`` that Yosys would map to DSP blocks: on ECP5 the DSP
+    tiles sit in a few rows, so an array of DSP multipliers is stretched along them and its nearest-neighbour
+    wiring congests the router (an 8x8 accelerator did not route), and a 16x16 array needs more multipliers than
+    an ECP5-85k has (256 > 156). The requantization multipliers of the epilogue stay on DSP blocks.
+
+    No path holds more than two adder levels. Because the bank bit travels with the
     activation and the weight is sampled in the cycle the activation arrives, a new weight tile written into the
     idle bank takes effect exactly with the first activation of the next tile: tiles stream back to back without
     draining the array, and the weight-reuse rule is the same as for an unpipelined PE.
@@ -53,23 +79,23 @@ class ProcessingElement(wiring.Component):
     a_out : Out(activation_token)
         ``a_in`` delayed by :attr:`activation_latency` (1) cycle, to the right neighbour.
     psum_in : In(signed(acc_width))
-        Partial sum from the PE above (0 at the top row), :attr:`psum_skew` (2) cycles after the matching ``a_in``.
+        Partial sum from the PE above (0 at the top row), :attr:`psum_skew` (3) cycles after the matching ``a_in``.
     psum_out : Out(signed(acc_width))
-        ``psum_in + a.data * weight[a.bank]`` for the activation ``a`` that arrived :attr:`latency` (3) cycles
+        ``psum_in + a.data * weight[a.bank]`` for the activation ``a`` that arrived :attr:`latency` (4) cycles
         earlier, registered; :attr:`psum_latency` (1) cycle after ``psum_in``.
     w_data, w_bank, w_we : In
         Weight write port: when ``w_we`` is high, ``weight[w_bank] <= w_data`` at the clock edge. An activation
         arriving in the same cycle as a write to its bank still uses the old weight; one arriving in a later cycle
         uses the new one.
 
-    Latency: :attr:`latency` (3) cycles from ``a_in`` to ``psum_out``, :attr:`psum_latency` (1) from ``psum_in``
+    Latency: :attr:`latency` (4) cycles from ``a_in`` to ``psum_out``, :attr:`psum_latency` (1) from ``psum_in``
     to ``psum_out``, :attr:`activation_latency` (1) from ``a_in`` to ``a_out``. Throughput: one MAC per cycle.
     No flow control: the array never stalls.
     """
 
     #: Registered stages from ``a_in`` to ``psum_out``, in order. ``a_out`` is the first stage's activation
     #: register; ``psum_in`` joins in the last stage.
-    STAGES = ("select", "multiply", "accumulate")
+    STAGES = ("select", "partial", "multiply", "accumulate")
 
     def __init__(self, *, a_width=8, w_width=8, acc_width=32):
         check_widths(a_width, w_width, acc_width)
@@ -125,9 +151,15 @@ class ProcessingElement(wiring.Component):
             self.a_out.eq(self.a_in),
             weight.eq(Mux(self.a_in.bank, weights[1], weights[0])),
         ]
+        # partial: the weight's bits taken two at a time, each pair one carry chain
+        pairs = []
+        for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
+            pair = Signal(signed(len(value)), name=f"pair{i}")
+            m.d.sync += pair.eq(value)
+            pairs.append((shift, pair))
         # multiply
         product = Signal(signed(self._a_width + self._w_width))
-        m.d.sync += product.eq(self.a_out.data * weight)
+        m.d.sync += product.eq(sum(pair << shift for shift, pair in pairs))
         # accumulate
         m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])
         return m

@@ -18,8 +18,10 @@ facts, each visible from the cycle after it happens, as the registered hardware 
   outstanding; otherwise round robin). Read data returns in order, one bus word per cycle, three cycles after a
   command's handshake at the earliest, so a LOAD whose first row command is accepted in cycle ``c`` receives its
   last word in ``c + 2 + words``;
-* the *dispatcher*: one instruction per cycle in program order into 8-entry unit queues (``SyncFIFOBuffered``: an
-  entry is readable two cycles after its write; a write needs the inner 7-entry memory to have room);
+* the *dispatcher*: a decode register loads the fetch FIFO's head (an unbuffered FIFO: readable the cycle after its
+  write) while empty or in the cycle its instruction is decided; the decision in a later cycle writes one
+  instruction per cycle in program order into 8-entry unit queues (``SyncFIFOBuffered``: an entry is readable two
+  cycles after its write; a write needs the inner 7-entry memory to have room);
 * the COMPUTE unit and the GEMM engine's MATMUL side: four issue states per instruction (accept, pop prev, pop next,
   execute), then the weight tile streams into the idle bank of the array (once the bank's previous tile has passed
   the last column) and the vectors follow the previous tile's without a gap when they can;
@@ -216,8 +218,8 @@ class _Model:
         self.ar_free = 0                # first cycle the master accepts another read command
         self.fetch_last_beat = -1       # last data beat of the instruction fetch
         # ---- Dispatcher.
-        self.i = 0                      # next instruction to dispatch
-        self.read = []                  # cycle each instruction left the fetch FIFO
+        self.i = 0                      # next instruction to decide (dispatch, or HALT)
+        self.read = []                  # cycle each instruction left the fetch FIFO for the decode register
         self.halted = _NEVER
         # ---- Units: [state, from cycle, queue index, instruction].
         self.unit = {u: [_IDLE, 0, 0, None] for u in Unit}
@@ -313,34 +315,42 @@ class _Model:
 
     # ---------------------------------------------------------------- dispatcher
     def _dispatch(self, t):
+        """The decision on the decode register's instruction, then the decode register's refill from the fetch
+        FIFO (in the cycle its instruction is decided, or while it is empty)."""
+        if self.halted != _NEVER:
+            return
         i = self.i
-        if self.halted != _NEVER or i >= len(self.fetched):
-            return
-        if max(self.fetched[i] + 1, self.read[i - 1] if i else 0) + 1 > t:
-            return
-        unit = self.unit_of[i]
-        if unit is None:
-            self.halted = t
-        else:
-            queue = self.queues[unit]
-            if queue.space() > t:
+        if i < len(self.read) and self.read[i] < t:
+            unit = self.unit_of[i]
+            if unit is None:
+                self.halted = t
+                self.dirty[_FRONT] = True
+                self.i = i + 1
                 return
-            queue.d.append(t)
-            queue.items.append(self.program[i])
-            self.dirty[_PART_OF_UNIT[unit]] = True
-        self.read.append(t)
-        self.dirty[_FRONT] = True
-        self.i = i + 1
+            queue = self.queues[unit]
+            if queue.space() <= t:
+                queue.d.append(t)
+                queue.items.append(self.program[i])
+                self.dirty[_PART_OF_UNIT[unit]] = True
+                self.i = i = i + 1
+        j = len(self.read)
+        if i == j < len(self.fetched) and self.fetched[j] + 1 <= t:
+            self.read.append(t)
+            self.dirty[_FRONT] = True
 
     def _dispatch_next(self, t):
-        i = self.i
-        if self.halted != _NEVER or i >= len(self.fetched):
+        if self.halted != _NEVER:
             return _NEVER
-        when = max(t, self.fetched[i] + 2, self.read[i - 1] + 1 if i else 0)
-        unit = self.unit_of[i]
-        if unit is not None:
-            when = max(when, self.queues[unit].space())
-        return when
+        i = self.i
+        if i < len(self.read):          # the decode register holds instruction i
+            when = max(t, self.read[i] + 1)
+            unit = self.unit_of[i]
+            if unit is not None:
+                when = max(when, self.queues[unit].space())
+            return when
+        if i < len(self.fetched):       # empty: it loads the fetch FIFO's head
+            return max(t, self.fetched[i] + 1)
+        return _NEVER
 
     # ---------------------------------------------------------------- unit FSMs
     def _accept(self, u, t):
@@ -547,7 +557,7 @@ class _Model:
                      *(self.unit[u][1] for u in units),
                      *(q.a[-1] + 1 for q in self.queues.values() if q.a))
         return {"cycles": finish + 1, "load_busy": self.busy[Unit.LOAD], "compute_busy": self.busy[Unit.COMPUTE],
-                "store_busy": self.busy[Unit.STORE], "vectors": self.vectors, "instructions": len(self.read) - 1}
+                "store_busy": self.busy[Unit.STORE], "vectors": self.vectors, "instructions": self.i - 1}
 
 
 _POPS = {

@@ -1,4 +1,4 @@
-"""ProcessingElement: cycle-by-cycle against a Python model of the three-stage pipeline, both banks, wrapping,
+"""ProcessingElement: cycle-by-cycle against a Python model of the four-stage pipeline, both banks, wrapping,
 narrow widths, measured latencies, validation."""
 
 import random
@@ -53,7 +53,7 @@ def rtl_pe(steps, *, a_width=8, w_width=8, acc_width=32):
     return out
 
 
-@pytest.mark.parametrize("a_width,w_width,acc_width", [(8, 8, 32), (8, 8, 16), (4, 6, 10)])
+@pytest.mark.parametrize("a_width,w_width,acc_width", [(8, 8, 32), (8, 8, 16), (4, 6, 10), (5, 5, 12), (3, 1, 4)])
 def test_pe_random(a_width, w_width, acc_width):
     seed = a_width * 1000 + acc_width
     rng = random.Random(seed)
@@ -75,21 +75,24 @@ def test_pe_random(a_width, w_width, acc_width):
 
 def test_pe_write_takes_effect_next_cycle():
     # A write to the bank an activation arriving in the same cycle reads is seen only by later activations, however
-    # deep the pipeline (the array's bank hand-over relies on it). Two flush cycles bring the products out.
-    steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None), (0, 0, 0, None), (0, 0, 0, None)]
-    assert [o[2] for o in rtl_pe(steps)] == [0, 0, 0, 5, 7]
+    # deep the pipeline (the array's bank hand-over relies on it). Flush cycles bring the products out.
+    steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None)] + [(0, 0, 0, None)] * 3
+    out = [o[2] for o in rtl_pe(steps)]
+    latency = ProcessingElement().latency
+    assert out == [0] * latency + [5, 7, 0][:len(steps) - latency]
 
 
 def test_pe_bank_switch_with_back_to_back_activations():
     # Bank 1 is rewritten while activations use bank 0; the first bank-1 activation gets the new weight at once.
-    steps = [(2, 0, 0, (0, 3)), (2, 0, 0, (1, -4)), (2, 0, 0, None), (2, 1, 0, (0, 9)), (2, 0, 0, None),
-             (0, 0, 0, None), (0, 0, 0, None)]
-    assert [o[2] for o in rtl_pe(steps)][2:] == [0, 6, 6, -8, 18]
+    steps = [(2, 0, 0, (0, 3)), (2, 0, 0, (1, -4)), (2, 0, 0, None), (2, 1, 0, (0, 9)), (2, 0, 0, None)]
+    steps += [(0, 0, 0, None)] * 3
+    latency = ProcessingElement().latency
+    assert [o[2] for o in rtl_pe(steps)][latency - 1:] == [0, 6, 6, -8, 18]
 
 
 def test_pe_latency_properties():
     pe = ProcessingElement()
-    assert (pe.latency, pe.activation_latency, pe.psum_latency, pe.psum_skew) == (3, 1, 1, 2)
+    assert (pe.latency, pe.activation_latency, pe.psum_latency, pe.psum_skew) == (4, 1, 1, 3)
     assert pe.latency == len(ProcessingElement.STAGES)
 
 
@@ -107,6 +110,37 @@ def test_pe_measured_latencies():
     assert a_seen == [a_cycle + pe.activation_latency]
     assert psum_seen == [a_cycle + pe.latency, psum_cycle + pe.psum_latency]
     assert [got[t - 1][2] for t in psum_seen] == [5, 100]
+
+
+def test_partial_products_int8():
+    """The fabric multiplier's pair sums give every int8 product: all activations against the weight corners and
+    seeded random weights."""
+    from amaranth import Module, Signal, signed
+    from hw.pe import partial_products
+
+    a, b = Signal(signed(8)), Signal(signed(8))
+    product = Signal(signed(16))
+    m = Module()
+    m.d.comb += product.eq(sum(value << shift for shift, value in partial_products(a, b)))
+    seed = 8
+    rng = random.Random(seed)
+    weights = [-128, -127, -64, -1, 0, 1, 2, 64, 126, 127] + [rng.randint(-128, 127) for _ in range(10)]
+    mismatches = []
+
+    async def tb(ctx):
+        for w in weights:
+            ctx.set(b, w)
+            for x in range(-128, 128):
+                ctx.set(a, x)
+                if ctx.get(product) != x * w:
+                    mismatches.append((x, w, ctx.get(product)))
+
+    from amaranth.sim import Simulator
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    assert not mismatches, f"seed {seed}: first mismatch a={mismatches[0][0]} w={mismatches[0][1]}: " \
+        f"got {mismatches[0][2]} want {mismatches[0][0] * mismatches[0][1]}"
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
