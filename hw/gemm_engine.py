@@ -107,11 +107,11 @@ class GemmEngine(wiring.Component):
 
     @property
     def pipeline_depth(self):
-        """Cycles from a vector's acceptance to its de-skewed column sums: ``rows + cols + 2``.
+        """Cycles from a vector's acceptance to its de-skewed column sums: ``rows + cols + 3``.
 
         Row 0 enters the array in the acceptance cycle and row ``r`` ``r`` cycles later (input skew); column ``c``'s
         sum leaves the array :meth:`SystolicArray.column_latency(c) <hw.systolic_array.SystolicArray.column_latency>`
-        (``rows + c + 3``) cycles after acceptance and waits ``cols - 1 - c`` more cycles in the de-skew, so the
+        (``rows + c + 4``) cycles after acceptance and waits ``cols - 1 - c`` more cycles in the de-skew, so the
         whole row is ready with the last column's.
         """
         return self._array.column_latency(self._cols - 1)
@@ -121,7 +121,7 @@ class GemmEngine(wiring.Component):
 
         1 (command) + ``rows`` (weight rows) + 1 (hand-over to the feeder) + ``count`` (vectors)
         + :attr:`pipeline_depth` + 3 (accumulator read, registered read data, add and write), minus the shared
-        first cycle: ``count + 2 * rows + cols + 6``.
+        first cycle: ``count + 2 * rows + cols + 7``.
         """
         return 1 + self._rows + 1 + count + self.pipeline_depth + _RMW_STAGES - 1
 

@@ -45,13 +45,14 @@ def activation_token(a_width):
 class ProcessingElement(wiring.Component):
     """Pipelined weight-stationary multiply-accumulate cell with a double-buffered (active/shadow) weight.
 
-    An activation token arriving on ``a_in`` in cycle ``t`` goes through four registered stages (:attr:`STAGES`):
+    An activation token arriving on ``a_in`` in cycle ``t`` goes through five registered stages (:attr:`STAGES`):
 
     1. ``select``: the activation and the weight of the bank its ``bank`` bit names are registered (the activation
        register is ``a_out``, which also feeds the right neighbour);
     2. ``partial``: the product's partial products are summed in pairs (one carry chain each) and registered;
-    3. ``multiply``: the pair sums are added into the full product, which is registered;
-    4. ``accumulate``: the product plus ``psum_in`` (which must arrive in cycle ``t + 3``) is registered on
+    3. ``half``: the pair sums are added two by two and registered;
+    4. ``multiply``: the halves are added into the full product, which is registered;
+    5. ``accumulate``: the product plus ``psum_in`` (which must arrive in cycle ``t + 4``) is registered on
        ``psum_out``.
 
     The multiplier is built from partial products in the FPGA fabric (LUTs and carry chains, see
@@ -60,7 +61,9 @@ class ProcessingElement(wiring.Component):
     wiring congests the router (an 8x8 accelerator did not route), and a 16x16 array needs more multipliers than
     an ECP5-85k has (256 > 156). The requantization multipliers of the epilogue stay on DSP blocks.
 
-    No path holds more than two adder levels. Because the bank bit travels with the
+    Every adder is a two-input carry chain between registers: Yosys merges a multi-operand sum into a carry-save
+    tree of LUTs, which for this product cost 60% more logic (a PE is about 64 LUT4, 53 CCU2C and 129 flops).
+    Because the bank bit travels with the
     activation and the weight is sampled in the cycle the activation arrives, a new weight tile written into the
     idle bank takes effect exactly with the first activation of the next tile: tiles stream back to back without
     draining the array, and the weight-reuse rule is the same as for an unpipelined PE.
@@ -79,23 +82,23 @@ class ProcessingElement(wiring.Component):
     a_out : Out(activation_token)
         ``a_in`` delayed by :attr:`activation_latency` (1) cycle, to the right neighbour.
     psum_in : In(signed(acc_width))
-        Partial sum from the PE above (0 at the top row), :attr:`psum_skew` (3) cycles after the matching ``a_in``.
+        Partial sum from the PE above (0 at the top row), :attr:`psum_skew` (4) cycles after the matching ``a_in``.
     psum_out : Out(signed(acc_width))
-        ``psum_in + a.data * weight[a.bank]`` for the activation ``a`` that arrived :attr:`latency` (4) cycles
+        ``psum_in + a.data * weight[a.bank]`` for the activation ``a`` that arrived :attr:`latency` (5) cycles
         earlier, registered; :attr:`psum_latency` (1) cycle after ``psum_in``.
     w_data, w_bank, w_we : In
         Weight write port: when ``w_we`` is high, ``weight[w_bank] <= w_data`` at the clock edge. An activation
         arriving in the same cycle as a write to its bank still uses the old weight; one arriving in a later cycle
         uses the new one.
 
-    Latency: :attr:`latency` (4) cycles from ``a_in`` to ``psum_out``, :attr:`psum_latency` (1) from ``psum_in``
+    Latency: :attr:`latency` (5) cycles from ``a_in`` to ``psum_out``, :attr:`psum_latency` (1) from ``psum_in``
     to ``psum_out``, :attr:`activation_latency` (1) from ``a_in`` to ``a_out``. Throughput: one MAC per cycle.
     No flow control: the array never stalls.
     """
 
     #: Registered stages from ``a_in`` to ``psum_out``, in order. ``a_out`` is the first stage's activation
     #: register; ``psum_in`` joins in the last stage.
-    STAGES = ("select", "partial", "multiply", "accumulate")
+    STAGES = ("select", "partial", "half", "multiply", "accumulate")
 
     def __init__(self, *, a_width=8, w_width=8, acc_width=32):
         check_widths(a_width, w_width, acc_width)
@@ -157,9 +160,17 @@ class ProcessingElement(wiring.Component):
             pair = Signal(signed(len(value)), name=f"pair{i}")
             m.d.sync += pair.eq(value)
             pairs.append((shift, pair))
-        # multiply
+        # half: the pair sums added two by two (one carry chain each)
+        halves = []
+        for i in range(0, len(pairs), 2):
+            (shift, low), rest = pairs[i], pairs[i + 1:i + 2]
+            value = low + sum(high << (high_shift - shift) for high_shift, high in rest)
+            half = Signal(signed(len(value)), name=f"half{i // 2}")
+            m.d.sync += half.eq(value)
+            halves.append((shift, half))
+        # multiply: the halves added into the product (one carry chain for an 8-bit weight: two halves)
         product = Signal(signed(self._a_width + self._w_width))
-        m.d.sync += product.eq(sum(pair << shift for shift, pair in pairs))
+        m.d.sync += product.eq(sum(half << shift for shift, half in halves))
         # accumulate
         m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])
         return m

@@ -202,13 +202,14 @@ class StoreUnit(wiring.Component):
 
         # ---- Rows from the engine: a two-entry skid buffer, so out.ready is a register.
         in_left = Signal(16)            # rows still to come from the engine
+        rows_due = Signal()             # in_left != 0, as a register: out.ready is one gate on registers
         cur_valid, nxt_valid = Signal(), Signal()
         cur_row = Signal(data.ArrayLayout(signed(32), cols))
         nxt_row = Signal(data.ArrayLayout(signed(32), cols))
-        m.d.comb += self.out.ready.eq(executing & ~nxt_valid & (in_left != 0))
+        m.d.comb += self.out.ready.eq(executing & ~nxt_valid & rows_due)
         incoming = self.out.valid & self.out.ready
         with m.If(incoming):
-            m.d.sync += in_left.eq(in_left - 1)
+            m.d.sync += [in_left.eq(in_left - 1), rows_due.eq(in_left != 1)]
 
         # ---- Data stage: the words of the current row, shifted to its start offset.
         d_offset = Signal(obits)        # start offset of the current row
@@ -293,6 +294,7 @@ class StoreUnit(wiring.Component):
                     m.d.sync += [
                         row_bytes.eq(Mux(ins.raw, ins.n_cols << 2, ins.n_cols)),
                         c_addr.eq(ins.dram_addr), c_left.eq(ins.count), in_left.eq(ins.count),
+                        rows_due.eq(ins.count != 0),
                         resp_left.eq(ins.count), d_offset.eq(ins.dram_addr[:obits]), k.eq(0), error.eq(0),
                     ]
                     m.next = "COMMAND"

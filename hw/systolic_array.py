@@ -25,8 +25,8 @@ class SystolicArray(wiring.Component):
 
     Timing follows from the PE's (see :class:`ProcessingElement`): an activation reaches PE ``(r, c)`` at
     ``t + r * psum_latency + c * activation_latency``, and PE ``(r - 1, c)``'s partial sum for it arrives exactly
-    ``psum_skew`` cycles later when the row skew equals the PE's ``psum_latency``. With the four-stage PE that is
-    one cycle per row, and column ``c``'s sum leaves at ``t + (rows - 1) + c + 4 = t + rows + c + 3``.
+    ``psum_skew`` cycles later when the row skew equals the PE's ``psum_latency``. With the five-stage PE that is
+    one cycle per row, and column ``c``'s sum leaves at ``t + (rows - 1) + c + 5 = t + rows + c + 4``.
 
     A weight written into PE ``(r, c)`` in cycle ``X`` is used by activations reaching that PE after ``X``; a vector
     entered at ``t`` last reads row ``r`` of its bank at ``t + r + cols - 1``, so rewriting that bank one row per
@@ -51,7 +51,7 @@ class SystolicArray(wiring.Component):
     w_data : In(ArrayLayout(signed(w_width), cols)); w_row : In(range(rows)); w_bank, w_we : In(1)
         Weight write port: one array row per cycle.
 
-    Latency: ``rows + c + 3`` cycles from row 0's token to column ``c``'s sum (see :meth:`column_latency`).
+    Latency: ``rows + c + 4`` cycles from row 0's token to column ``c``'s sum (see :meth:`column_latency`).
     Throughput: one activation vector per cycle; ``rows * cols`` MACs per cycle. No flow control.
     """
 

@@ -109,16 +109,34 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _run(tool: str, args: list[str], *, cwd: Path, log: Path, timeout_s: float) -> str:
-    """Run a tool with its output going to ``log`` as it runs (so long runs can be followed); return the output."""
+def _run(tool: str, args: list[str], *, cwd: Path, log: Path, timeout_s: float, watch=None) -> str:
+    """Run a tool with its output going to ``log`` as it runs (so long runs can be followed); return the output.
+
+    ``watch(log_text)``, if given, is called every second or so while the tool runs; when it returns an exception
+    the tool is stopped and that exception raised (nextpnr's utilisation table already shows a device too small
+    long before placement would fail).
+    """
     exe = _tool(tool)
+    deadline = time.monotonic() + timeout_s
     with log.open("w") as out:
+        proc = subprocess.Popen([exe, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc = subprocess.run([exe, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            hint = ", try --router router2" if "nextpnr" in tool else ""
-            raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout{hint} "
-                            f"or choose a smaller configuration") from None
+            while True:
+                try:
+                    proc.wait(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.monotonic() >= deadline:
+                    hint = ", try --router router2" if "nextpnr" in tool else ""
+                    raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout"
+                                    f"{hint} or choose a smaller configuration")
+                if watch is not None and (stop := watch(log.read_text(errors="replace"))) is not None:
+                    raise stop
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     output = log.read_text(errors="replace")
     if proc.returncode != 0:
         error = FlowError(f"{tool} failed with exit status {proc.returncode} (log: {log}):\n{_tail(output)}")
@@ -167,6 +185,21 @@ def check_fit(target: Target, cells: dict[str, int]) -> tuple[str, int] | None:
 
 _UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
 _UNPLACEABLE = re.compile(r"ERROR: Unable to place cell '[^']*', no BELs remaining to implement cell type '(\w+)'")
+
+
+def _table_complete(log_text: str) -> bool:
+    """Whether nextpnr's ``Device utilisation`` table has been printed in full (a line follows its last row)."""
+    at = log_text.find("Device utilisation")
+    if at < 0:
+        return False
+    rest = log_text[at:].splitlines()[1:]
+    rows = 0
+    for line in rest:
+        if _UTIL_LINE.match(line):
+            rows += 1
+        elif rows:
+            return True
+    return False
 
 
 def parse_pnr_overflow(log_text: str) -> tuple[str, int, int] | None:
@@ -391,15 +424,29 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     args = [*tgt.nextpnr_args, "--json", "top.json", "--lpf" if tgt.family == "ecp5" else "--pcf", constraints.name,
             "--textcfg" if tgt.family == "ecp5" else "--asc", placed, "--report", "nextpnr_report.json",
             "--seed", str(seed), "--timing-allow-fail", *(["--router", router] if router else [])]
-    try:
-        _run(tgt.nextpnr_tool, args, cwd=work, log=work / "nextpnr.log", timeout_s=timeout_s)
-    except FlowError as exc:
-        over = parse_pnr_overflow(getattr(exc, "output", ""))
+    def overflow_error(text):
+        over = parse_pnr_overflow(text)
         if over is None:
-            raise
+            return None
         cell, used, available = over
         kind = next((k for k, r in tgt.resources.items() if r.pnr_cell == cell), cell)
-        raise not_fit(kind, used, available, "placement (nextpnr)") from None
+        # The utilisation table comes after packing, before placement: an overflow there is final, and the run
+        # is stopped at once rather than left to fail in the placer.
+        stage = "packing (nextpnr's utilisation table)" if used > available else "placement (nextpnr)"
+        return not_fit(kind, used, available, stage)
+
+    def watch(text):
+        return overflow_error(text) if _table_complete(text) else None
+
+    try:
+        _run(tgt.nextpnr_tool, args, cwd=work, log=work / "nextpnr.log", timeout_s=timeout_s, watch=watch)
+    except DoesNotFit:
+        raise
+    except FlowError as exc:
+        error = overflow_error(getattr(exc, "output", ""))
+        if error is None:
+            raise
+        raise error from None
     wall["place_and_route"] = time.monotonic() - t0
     report.update(fits=True, **parse_pnr_report(json.loads((work / "nextpnr_report.json").read_text()), tgt, cells))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hw.fpga.__main__ import main
-from hw.fpga.flow import (DoesNotFit, build_design, check_fit, config_label, parse_pnr_overflow, report_path,
-                          synthesize)
+from hw.fpga.flow import (DoesNotFit, _table_complete, build_design, check_fit, config_label, parse_pnr_overflow,
+                          report_path, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
 
@@ -78,27 +78,31 @@ def test_ice40_flow_through_cli(tmp_path, capsys):
 
 
 def test_does_not_fit_is_named(tmp_path, capsys):
-    # 2x2 engine on the UP5K: 4 PE multipliers + 2 x 4 epilogue partial products = 12 MAC16s of 8 (at the time of
-    # writing; the test reads the count from Yosys so that a change to the engine does not break it).
-    status = main(["synth", "--target", "ice40-up5k", "--design", "engine", "--rows", "2", "--cols", "2",
+    # 1x3 engine on the UP5K: the PE multipliers are in the fabric, but the epilogue's 3 x 4 partial products need
+    # 12 MAC16s of 8 and its registers more flops than the device has. The resource that runs out first is read
+    # from Yosys's cells, so a change to the engine does not break the test.
+    status = main(["synth", "--target", "ice40-up5k", "--design", "engine", "--rows", "1", "--cols", "3",
                    "--acc-depth", "16", "--build-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 3
-    report = json.loads((tmp_path / "reports" / "synth-ice40-up5k-2x2-engine.json").read_text())
-    macs = report["yosys_cells"]["SB_MAC16"]
-    assert macs > 8 and report["fits"] is False and report["resources"]["dsp"]["count"] == macs
-    assert (f"The 2x2 engine does not fit on ice40-up5k: it needs {macs} 16x16 MAC blocks (SB_MAC16) but the device "
-            f"has 8 ({100 * macs / 8:.0f}%") in err
-    assert "Traceback" not in err and "larger --target (ecp5-85k, ecp5-25k)" in err
-    assert check_fit(get_target("ice40-up5k"), report["yosys_cells"]) == ("dsp", macs)
+    report = json.loads((tmp_path / "reports" / "synth-ice40-up5k-1x3-engine.json").read_text())
+    target = get_target("ice40-up5k")
+    kind, used = check_fit(target, report["yosys_cells"])
+    resource = target.resources[kind]
+    assert report["fits"] is False and report["resources"][kind]["count"] == used
+    assert report["yosys_cells"]["SB_MAC16"] > 8
+    assert (f"The 1x3 engine does not fit on ice40-up5k: it needs {used} {resource.label} but the device has "
+            f"{resource.available} ({100 * used / resource.available:.0f}%") in err
+    assert "Traceback" not in err and "larger --target (ecp5-85k, ecp5-25k" in err
     assert check_fit(get_target("ecp5-85k"), {"MULT18X18D": 12, "LUT4": 10, "CCU2C": 5}) is None
 
-    # Without the Yosys pre-check, nextpnr's own failure is turned into the same kind of message.
-    message = rf"needs {macs} 16x16 MAC blocks \(SB_MAC16\) but the device has 8 .*nextpnr"
-    with pytest.raises(DoesNotFit, match=message) as info:
-        synthesize(target="ice40-up5k", design="engine", rows=2, cols=2, acc_depth=16, build_dir=tmp_path / "b",
+    # Without the Yosys pre-check, nextpnr's utilisation table gives the same kind of message, and the run is
+    # stopped there instead of failing later in the placer.
+    with pytest.raises(DoesNotFit, match=r"needs \d+ .* but the device has \d+ .*nextpnr") as info:
+        synthesize(target="ice40-up5k", design="engine", rows=1, cols=3, acc_depth=16, build_dir=tmp_path / "b",
                    precheck=False)
-    assert info.value.resource == "dsp" and info.value.stage == "placement (nextpnr)"
+    assert info.value.resource in target.resources
+    assert info.value.stage == "packing (nextpnr's utilisation table)"
     # Deterministic: the same configuration synthesizes to the same cells.
     assert info.value.report["yosys_cells"] == report["yosys_cells"]
 
@@ -112,6 +116,10 @@ def test_parse_pnr_overflow():
     assert parse_pnr_overflow(log.replace("12/      8   150%", "8/      8   100%")) == ("ICESTORM_DSP", 8, 8)
     assert parse_pnr_overflow("Info: \t        TRELLIS_COMB:  90000/  83640   107%\n") == ("TRELLIS_COMB", 90000, 83640)
     assert parse_pnr_overflow("Info: \t        TRELLIS_COMB:  9000/  83640   10%\nERROR: other\n") is None
+    # The run is watched for the table: only a complete one (a line after its rows) is judged.
+    table = "Info: Device utilisation:\nInfo: \t        TRELLIS_COMB:  90000/  83640   107%\n"
+    assert not _table_complete(table) and not _table_complete("Info: Packing...\n")
+    assert _table_complete(table + "\nInfo: Placed 5 cells\n")
 
 
 def test_scaling_files(ecp5_report, tmp_path):

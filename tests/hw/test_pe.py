@@ -1,4 +1,4 @@
-"""ProcessingElement: cycle-by-cycle against a Python model of the four-stage pipeline, both banks, wrapping,
+"""ProcessingElement: cycle-by-cycle against a Python model of the five-stage pipeline, both banks, wrapping,
 narrow widths, measured latencies, validation."""
 
 import random
@@ -76,7 +76,7 @@ def test_pe_random(a_width, w_width, acc_width):
 def test_pe_write_takes_effect_next_cycle():
     # A write to the bank an activation arriving in the same cycle reads is seen only by later activations, however
     # deep the pipeline (the array's bank hand-over relies on it). Flush cycles bring the products out.
-    steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None)] + [(0, 0, 0, None)] * 3
+    steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None)] + [(0, 0, 0, None)] * 4
     out = [o[2] for o in rtl_pe(steps)]
     latency = ProcessingElement().latency
     assert out == [0] * latency + [5, 7, 0][:len(steps) - latency]
@@ -85,14 +85,14 @@ def test_pe_write_takes_effect_next_cycle():
 def test_pe_bank_switch_with_back_to_back_activations():
     # Bank 1 is rewritten while activations use bank 0; the first bank-1 activation gets the new weight at once.
     steps = [(2, 0, 0, (0, 3)), (2, 0, 0, (1, -4)), (2, 0, 0, None), (2, 1, 0, (0, 9)), (2, 0, 0, None)]
-    steps += [(0, 0, 0, None)] * 3
+    steps += [(0, 0, 0, None)] * 4
     latency = ProcessingElement().latency
     assert [o[2] for o in rtl_pe(steps)][latency - 1:] == [0, 6, 6, -8, 18]
 
 
 def test_pe_latency_properties():
     pe = ProcessingElement()
-    assert (pe.latency, pe.activation_latency, pe.psum_latency, pe.psum_skew) == (4, 1, 1, 3)
+    assert (pe.latency, pe.activation_latency, pe.psum_latency, pe.psum_skew) == (5, 1, 1, 4)
     assert pe.latency == len(ProcessingElement.STAGES)
 
 

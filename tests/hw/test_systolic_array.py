@@ -88,7 +88,7 @@ def test_array_back_to_back_tiles(rows, cols):
 
 def test_array_column_latency():
     array = SystolicArray(rows=3, cols=5)
-    assert [array.column_latency(c) for c in range(5)] == [6, 7, 8, 9, 10]
+    assert [array.column_latency(c) for c in range(5)] == [7, 8, 9, 10, 11]
     assert array.row_skew == 1
     with pytest.raises(ValueError, match="Column must lie in"):
         array.column_latency(5)
