@@ -298,7 +298,10 @@ class GemmEngine(wiring.Component):
         m.d.comb += self.mm_idle.eq(~ld_busy & ~pend_valid & ~fd_active & (mm_in_flight == 0))
 
         # ---- Store: accumulator rows -> register -> epilogue -> out. The block RAM's read data is registered
-        # (with the parameters of its command) before the epilogue's bias add. Both stages stall with the epilogue.
+        # (with the parameters of its command) before the epilogue's bias add, in a two-entry skid buffer: its main
+        # register feeds the epilogue, its side register catches the row read while the epilogue stalls. So the
+        # read side (address, read enable, command ready) waits on the skid buffer's registers only, not on the
+        # epilogue's and the STORE unit's ready chain.
         st_remaining = Signal(aw + 1)
         st_addr = Signal(aw)
         st_params = Signal(epilogue_params_layout(cols))
@@ -306,12 +309,13 @@ class GemmEngine(wiring.Component):
         q_valid = Signal(name="st_q_valid")
         q_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_q_acc")
         q_params = Signal(epilogue_params_layout(cols), name="st_q_params")
-        q_advance = Signal()
+        side_valid = Signal(name="st_side_valid")
+        side_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_side_acc")
+        side_params = Signal(epilogue_params_layout(cols), name="st_side_params")
         advance = Signal()
         read = Signal()
         m.d.comb += [
-            q_advance.eq(~q_valid | epilogue.i.ready),
-            advance.eq(~rd_valid | q_advance),
+            advance.eq(~rd_valid | ~side_valid),
             self.st_cmd.ready.eq((st_remaining == 0) & advance),
             acc_st.en.eq(advance),
         ]
@@ -327,8 +331,13 @@ class GemmEngine(wiring.Component):
                 m.d.sync += [st_addr.eq(st_addr + 1), st_remaining.eq(st_remaining - 1)]
         with m.If(advance):
             m.d.sync += rd_valid.eq(read)
-        with m.If(q_advance):
-            m.d.sync += [q_valid.eq(rd_valid), q_acc.eq(acc_st.data), q_params.eq(st_params)]
+        with m.If(~q_valid | epilogue.i.ready):
+            with m.If(side_valid):
+                m.d.sync += [q_valid.eq(1), q_acc.eq(side_acc), q_params.eq(side_params), side_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [q_valid.eq(rd_valid), q_acc.eq(acc_st.data), q_params.eq(st_params)]
+        with m.Elif(rd_valid & ~side_valid):
+            m.d.sync += [side_valid.eq(1), side_acc.eq(acc_st.data), side_params.eq(st_params)]
         m.d.comb += [
             epilogue.i.valid.eq(q_valid),
             epilogue.i.payload.acc.eq(q_acc),
@@ -336,7 +345,7 @@ class GemmEngine(wiring.Component):
         ]
         wiring.connect(m, epilogue.o, wiring.flipped(self.out))
 
-        st_in_flight = Signal(range(_STORE_READ_STAGES + self._epilogue.latency + 2))
+        st_in_flight = Signal(range(_STORE_READ_STAGES + self._epilogue.latency + 3))
         out_done = self.out.valid & self.out.ready
         with m.If(read & advance & ~out_done):
             m.d.sync += st_in_flight.eq(st_in_flight + 1)

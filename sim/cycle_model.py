@@ -490,7 +490,8 @@ class _Model:
         p_last = never
         for r in range(ins.count):
             # The epilogue holds `ep` rows; the skid buffer's second register stops `out` until the row before
-            # last has left W.
+            # last has left W. (The engine's read-side skid buffer holds one row more, behind a registered ready;
+            # that bound on E only binds when W already limits O, so it changes no cycle count.)
             E = max(E + 1 if r else g + 1, O_hist[r - ep] if r >= ep else never)
             A = max(E + ep, O + 1)
             O = max(A, F_hist[r - 2] + 1 if r >= 2 else never)
