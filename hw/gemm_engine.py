@@ -89,7 +89,8 @@ class GemmEngine(wiring.Component):
         self._addr_width = _address_width(acc_depth)
         self._rows, self._cols, self._acc_depth = rows, cols, acc_depth
         self._epilogue = Epilogue(cols=cols)
-        self._array = SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH, acc_width=ACC_WIDTH)
+        self._array = SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH,
+                                    acc_width=self.psum_width)
         super().__init__({
             "mm_cmd": In(stream.Signature(matmul_command_layout(acc_depth))),
             "weights": In(stream.Signature(data.ArrayLayout(signed(W_WIDTH), cols))),
@@ -104,6 +105,14 @@ class GemmEngine(wiring.Component):
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)
     acc_depth = property(lambda self: self._acc_depth)
+
+    @property
+    def psum_width(self):
+        """Width of the array's partial sums: a column adds ``rows`` int8 x int8 products, at most
+        ``rows * 2**14`` in magnitude, so ``16 + ceil(log2(rows))`` signed bits hold it exactly (the accumulator
+        memory sign-extends it to 32 bits and wraps there, as the int8 spec's int32 accumulation does). Narrower
+        sums make the PEs' accumulate adders and the de-skew registers smaller."""
+        return min(ACC_WIDTH, A_WIDTH + W_WIDTH + (self._rows - 1).bit_length())
 
     @property
     def pipeline_depth(self):
@@ -250,7 +259,7 @@ class GemmEngine(wiring.Component):
         for c in range(cols):
             value = array.psum_out[c]
             for stage in range(cols - 1 - c):
-                delayed = Signal(signed(ACC_WIDTH), name=f"deskew_{c}_{stage}")
+                delayed = Signal(signed(self.psum_width), name=f"deskew_{c}_{stage}")
                 m.d.sync += delayed.eq(value)
                 value = delayed
             m.d.comb += psum_row[c].eq(value)

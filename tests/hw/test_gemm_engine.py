@@ -100,6 +100,26 @@ def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed):
                                f"got {g[tuple(bad[0])]} want {w_[tuple(bad[0])]}")
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4])
+def test_engine_extreme_column_sums(rows):
+    """The array's partial sums are only ``psum_width`` bits: the largest column sums (every product +2**14, or
+    every product -128 * 127) must be exact, and sign-extend correctly into the accumulator over 40 K tiles."""
+    cols, acc_depth = 2, 8
+    engine = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth)
+    assert engine.psum_width == 16 + (rows - 1).bit_length()
+    weights = np.array([[-128, 127]] * rows)
+    act = np.full((3, rows), -128)
+    ops = [MatmulOp(acc_addr=0, count=3, accumulate=t > 0, weights=weights, act=act, region=0) for t in range(40)]
+    raw = pack_params(cols, 0, 0, 0, 0, -128, 127, True)
+    ops.append(StoreOp(acc_addr=0, count=3, params=raw, dest=(0, 0, 3, cols), region=0))
+    want, = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
+    assert want[0, 0] == 40 * rows * 2 ** 14 and want[0, 1] == -40 * rows * 128 * 127
+    got, = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, (f"rows {rows}: first mismatch at row {bad[0][0]} col {bad[0][1]}: "
+                           f"got {got[tuple(bad[0])]} want {want[tuple(bad[0])]}")
+
+
 @pytest.mark.parametrize("offset", [1, 2])
 def test_engine_accumulates_rows_written_just_before(offset):
     """Back-to-back MATMULs where each starts ``offset`` rows before the previous one's end, accumulating: a row is
