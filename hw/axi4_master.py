@@ -269,26 +269,31 @@ class AXI4Master(wiring.Component):
         ar_free, _, _, ar_empty = self._address_channel(m, "ar", bus.ar, rd_word, self.rd_cmd.payload.beats, rd_start,
                                                  room=1)
         r_left = Signal(self.beats_width)  # words of the current command still to come on R
+        # r_left == 0 and r_left == 1 as registers, so the R handshake and the queue's read wait on no wide compare.
+        r_zero = Signal(init=1, name="r_zero")
+        r_one = Signal(name="r_one")
         r_handshake = bus.r.valid & bus.r.ready
         m.d.comb += [
             self.rd_cmd.ready.eq(ar_free & rd_queue.w_rdy),
             rd_queue.w_en.eq(rd_start & (self.rd_cmd.payload.beats != 0)),
             rd_queue.w_data.eq(self.rd_cmd.payload.beats),
-            self.rd_data.valid.eq(bus.r.valid & (r_left != 0)),
-            bus.r.ready.eq(self.rd_data.ready & (r_left != 0)),
+            self.rd_data.valid.eq(bus.r.valid & ~r_zero),
+            bus.r.ready.eq(self.rd_data.ready & ~r_zero),
             self.rd_data.payload.data.eq(bus.r.data),
             self.rd_data.payload.error.eq(bus.r.resp[1]),
             # Count words ourselves rather than trust RLAST: a slave's wrong RLAST cannot lose a command.
-            self.rd_data.payload.last.eq(r_left == 1),
+            self.rd_data.payload.last.eq(r_one),
         ]
-        # The next command's count is taken in the cycle the current one's last word passes: no bubble.
-        with m.If((r_left == 0) | (r_handshake & (r_left == 1))):
+        # The next command's count is taken in the cycle the current one's last word passes: no bubble. Queued
+        # counts are never 0 (zero-word commands are not queued).
+        with m.If(r_zero | (r_handshake & r_one)):
             m.d.comb += rd_queue.r_en.eq(1)
-            m.d.sync += r_left.eq(Mux(rd_queue.r_rdy, rd_queue.r_data, 0))
+            m.d.sync += [r_left.eq(Mux(rd_queue.r_rdy, rd_queue.r_data, 0)), r_zero.eq(~rd_queue.r_rdy),
+                         r_one.eq(rd_queue.r_rdy & (rd_queue.r_data == 1))]
         with m.Elif(r_handshake):
-            m.d.sync += r_left.eq(r_left - 1)
+            m.d.sync += [r_left.eq(r_left - 1), r_zero.eq(r_one), r_one.eq(r_left == 2)]
         rd_active = Signal()
-        m.d.comb += rd_active.eq(~ar_empty | bus.ar.valid | (r_left != 0) | rd_queue.r_rdy)
+        m.d.comb += rd_active.eq(~ar_empty | bus.ar.valid | ~r_zero | rd_queue.r_rdy)
 
         # --------------------------------------------------------------- writes
         # Accepted commands wait in ``w_queue`` (start word and count) for the W side. Every burst presented on AW
@@ -317,21 +322,25 @@ class AXI4Master(wiring.Component):
         w_word = Signal(word_bits)                 # word address of the next W beat
         w_left = Signal(self.beats_width)
         w_beat = Signal(range(self._max_burst))    # index of the next W beat in its burst
+        w_zero = Signal(init=1, name="w_zero")    # w_left == 0 and w_left == 1, as registers (see r_zero)
+        w_one = Signal(name="w_one")
         w_handshake = bus.w.valid & bus.w.ready
         m.d.comb += [
-            bus.w.valid.eq(self.wr_data.valid & (w_left != 0)),
-            self.wr_data.ready.eq(bus.w.ready & (w_left != 0)),
+            bus.w.valid.eq(self.wr_data.valid & ~w_zero),
+            self.wr_data.ready.eq(bus.w.ready & ~w_zero),
             bus.w.data.eq(self.wr_data.payload.data),
             bus.w.strb.eq(self.wr_data.payload.strb),
-            bus.w.last.eq((w_left == 1) | (w_beat == self._max_burst - 1) | (w_word[:page_bits] == page_last)),
+            bus.w.last.eq(w_one | (w_beat == self._max_burst - 1) | (w_word[:page_bits] == page_last)),
         ]
-        with m.If((w_left == 0) | (w_handshake & (w_left == 1))):
+        with m.If(w_zero | (w_handshake & w_one)):
             m.d.comb += w_queue.r_en.eq(1)
+            queued_beats = w_queue.r_data[word_bits:]
             m.d.sync += [w_word.eq(w_queue.r_data[:word_bits]),
-                         w_left.eq(Mux(w_queue.r_rdy, w_queue.r_data[word_bits:], 0)), w_beat.eq(0)]
+                         w_left.eq(Mux(w_queue.r_rdy, queued_beats, 0)), w_beat.eq(0),
+                         w_zero.eq(~w_queue.r_rdy), w_one.eq(w_queue.r_rdy & (queued_beats == 1))]
         with m.Elif(w_handshake):
             m.d.sync += [w_word.eq(w_word + 1), w_left.eq(w_left - 1),
-                         w_beat.eq(Mux(bus.w.last, 0, w_beat + 1))]
+                         w_beat.eq(Mux(bus.w.last, 0, w_beat + 1)), w_zero.eq(w_one), w_one.eq(w_left == 2)]
 
         # B: one mark per response; a command's response leaves after the B of its last burst (or at once for a
         # zero-word command). B waits while a finished response is offered and not taken.
@@ -357,7 +366,7 @@ class AXI4Master(wiring.Component):
                 m.d.sync += wr_error.eq(wr_error | bus.b.resp[1])
         wr_active = Signal()
         m.d.comb += [
-            wr_active.eq(~aw_empty | bus.aw.valid | (w_left != 0) | w_queue.r_rdy | b_queue.r_rdy | resp_valid),
+            wr_active.eq(~aw_empty | bus.aw.valid | ~w_zero | w_queue.r_rdy | b_queue.r_rdy | resp_valid),
             self.wr_resp.valid.eq(resp_valid),
             self.wr_resp.payload.error.eq(resp_error),
             self.rd_busy.eq(rd_active),

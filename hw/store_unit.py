@@ -216,8 +216,14 @@ class StoreUnit(wiring.Component):
         k = Signal(range(max_beats))    # word of the current row on wr_data
         end = Signal(range(nbytes + row_size))
         last_word = Signal()
-        m.d.comb += [end.eq(d_offset + row_bytes),
-                     last_word.eq(k == ((end + (nbytes - 1)) >> obits) - 1)]
+        # The current row's last word index, kept in a register (set with d_offset), so ``last_word`` and
+        # everything that waits on it (the skid buffer's moves) is one compare on registers.
+        last_k = Signal(range(max_beats))
+
+        def last_word_of(offset, size):
+            return ((offset + size + (nbytes - 1)) >> obits) - 1
+
+        m.d.comb += [end.eq(d_offset + row_bytes), last_word.eq(k == last_k)]
         int8_bytes = [cur_row[c][:8] for c in range(cols)]
         raw_bytes = [cur_row.as_value()[8 * i:8 * i + 8] for i in range(row_size)]
         row = Cat(*[Mux(ins.raw, raw_bytes[i], int8_bytes[i] if i < cols else 0) for i in range(row_size)])
@@ -249,7 +255,8 @@ class StoreUnit(wiring.Component):
         with m.If(take):
             m.d.sync += k.eq(Mux(last_word, 0, k + 1))
         with m.If(finish_row):
-            m.d.sync += d_offset.eq(d_offset + ins.stride[:obits])
+            next_offset = (d_offset + ins.stride[:obits])[:obits]
+            m.d.sync += [d_offset.eq(next_offset), last_k.eq(last_word_of(next_offset, row_bytes))]
         with m.If(~cur_valid | finish_row):
             with m.If(nxt_valid):
                 m.d.sync += [cur_row.eq(nxt_row), cur_valid.eq(1), nxt_valid.eq(0)]
@@ -293,6 +300,7 @@ class StoreUnit(wiring.Component):
                     m.d.sync += latch_params
                     m.d.sync += [
                         row_bytes.eq(Mux(ins.raw, ins.n_cols << 2, ins.n_cols)),
+                        last_k.eq(last_word_of(ins.dram_addr[:obits], Mux(ins.raw, ins.n_cols << 2, ins.n_cols))),
                         c_addr.eq(ins.dram_addr), c_left.eq(ins.count), in_left.eq(ins.count),
                         rows_due.eq(ins.count != 0),
                         resp_left.eq(ins.count), d_offset.eq(ins.dram_addr[:obits]), k.eq(0), error.eq(0),
