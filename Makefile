@@ -14,6 +14,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
+PNR_TIMEOUT ?= 3600
 BACKEND ?= verilator
 N ?= 300
 BATCH ?= 32
@@ -72,7 +73,8 @@ lint: $(STAMP)
 	$(PY) -m hw.fpga lint --rows $(ROWS) --cols $(COLS)
 
 scaling: $(STAMP)
-	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET) --cycles-per-image sw.perf:mnist_cycles_per_image
+	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET) --reuse --timeout $(PNR_TIMEOUT) \
+		--cycles-per-image sw.perf:mnist_cycles_per_image
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -28,6 +28,8 @@ def _common(parser, *, target=True):
                             help="nextpnr router (default router1; router2 is often faster on large designs)")
         parser.add_argument("--abc9-dff", action="store_true", help="let abc9 map across flops (Yosys -dff)")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per tool run")
+        parser.add_argument("--reuse", action="store_true",
+                            help="reuse a report made from the same Verilog, options and tools instead of rerunning")
 
 
 def main(argv=None) -> int:
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
             return 0
         flow_args = dict(target=args.target, design=args.design, acc_depth=args.acc_depth, freq_mhz=args.freq,
                          seed=args.seed, abc9_dff=args.abc9_dff, router=args.router, bitstream=not args.no_bitstream,
-                         build_dir=args.build_dir, timeout_s=args.timeout, log=say)
+                         build_dir=args.build_dir, timeout_s=args.timeout, reuse=args.reuse, log=say)
         if args.command == "synth":
             from .report import format_table
             try:

@@ -15,6 +15,7 @@ nextpnr's utilisation table; tool failures raise :class:`FlowError` with the log
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -309,7 +310,7 @@ def _resource_entry(resource, used, available, source):
 def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8,
                acc_depth: int | None = None, freq_mhz: float | None = None, seed: int = 1, abc9_dff: bool = False,
                bitstream: bool = True, build_dir: str | os.PathLike = "build", timeout_s: float = 3600.0,
-               precheck: bool = True, router: str | None = None, log=None) -> dict:
+               precheck: bool = True, router: str | None = None, reuse: bool = False, log=None) -> dict:
     """Run the whole flow for one configuration; return the report (also written to :func:`report_path`).
 
     Parameters
@@ -332,6 +333,11 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     router : str, optional
         nextpnr router, ``"router1"`` or ``"router2"``; nextpnr's default (router1) if None. router2 is often
         faster on large, congested designs.
+    reuse : bool
+        Return the existing report instead of running the tools again when it was made from the same inputs:
+        the same Verilog, flow options and tool versions (``inputs_sha256`` in the report), with its bitstream
+        still there if one is wanted. A scaling study re-run after an interruption, or after ``make synth``, then
+        only synthesizes what changed.
     log : callable, optional
         Called with one progress line per stage.
 
@@ -360,10 +366,6 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     build_dir = Path(build_dir)
     work = build_dir / "fpga" / f"{target}-{label}"
     work.mkdir(parents=True, exist_ok=True)
-    # Outputs of an earlier run must not be mistaken for this run's (e.g. a bitstream after a failed re-run).
-    for stale in ("top.json", "yosys_stat.json", "nextpnr_report.json", "top.config", "top.asc", "top.bit",
-                  "top.bin"):
-        (work / stale).unlink(missing_ok=True)
     out_report = report_path(target, design, rows, cols, build_dir)
     out_report.parent.mkdir(parents=True, exist_ok=True)
     wall = {}
@@ -373,8 +375,19 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     from amaranth.back import verilog
     t0 = time.monotonic()
     ring = PinRing(component)
-    (work / "top.v").write_text(verilog.convert(ring, name="top"))
+    verilog_text = verilog.convert(ring, name="top")
     wall["verilog"] = time.monotonic() - t0
+    inputs = hashlib.sha256(verilog_text.encode())
+    inputs.update(json.dumps([target, freq_mhz, seed, abc9_dff, router, precheck, tool_versions(tgt)]).encode())
+    inputs_sha256 = inputs.hexdigest()
+    if reuse and (earlier := _reusable(out_report, inputs_sha256, bitstream)) is not None:
+        say(f"[{target} {label}] reusing {out_report}: same Verilog, options and tools")
+        return earlier
+    # Outputs of an earlier run must not be mistaken for this run's (e.g. a bitstream after a failed re-run).
+    for stale in ("top.json", "yosys_stat.json", "nextpnr_report.json", "top.config", "top.asc", "top.bit",
+                  "top.bin"):
+        (work / stale).unlink(missing_ok=True)
+    (work / "top.v").write_text(verilog_text)
     say(f"[{target} {label}] Verilog written ({wall['verilog']:.1f} s); synthesizing with Yosys")
 
     report = {
@@ -383,7 +396,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         "router": router or "router1",
         "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
                      "flops": ring.flop_count},
-        "build_dir": str(work), "report_path": str(out_report),
+        "build_dir": str(work), "report_path": str(out_report), "inputs_sha256": inputs_sha256,
         "logs": {"yosys": str(work / "yosys.log"), "nextpnr": str(work / "nextpnr.log")},
     }
 
@@ -445,6 +458,14 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     except FlowError as exc:
         error = overflow_error(getattr(exc, "output", ""))
         if error is None:
+            # Not a shortfall (a timeout, a router that gave up): the report still records what is known.
+            report.update(fits=None, error=str(exc).splitlines()[0], fmax_mhz=None, critical_path=None,
+                          bitstream=None,
+                          resources={k: _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
+                                     for k, r in tgt.resources.items()},
+                          tools=tool_versions(tgt), wall_time_s=_rounded(wall, t_start))
+            out_report.write_text(json.dumps(report, indent=2) + "\n")
+            exc.report = report
             raise
         raise error from None
     wall["place_and_route"] = time.monotonic() - t0
@@ -463,6 +484,19 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     report["tools"] = tool_versions(tgt)
     report["wall_time_s"] = _rounded(wall, t_start)
     out_report.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _reusable(path: Path, inputs_sha256: str, bitstream: bool) -> dict | None:
+    """The report at ``path`` if it was made from the same inputs and is complete (see ``synthesize(reuse=)``)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("inputs_sha256") != inputs_sha256 or report.get("fits") is None:
+        return None
+    if report["fits"] and bitstream and not (report.get("bitstream") and Path(report["bitstream"]).is_file()):
+        return None
     return report
 
 

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from .flow import DEFAULT_DESIGN, DoesNotFit, synthesize
+from .flow import DEFAULT_DESIGN, FlowError, synthesize
 from .targets import DEFAULT_TARGET, RESOURCE_KINDS, get_target
 
 __all__ = ["format_table", "parse_sizes", "load_callable", "run_scaling", "write_scaling", "SCALING_COLUMNS"]
@@ -44,7 +44,9 @@ def format_table(report: dict) -> str:
     ring = report["pin_ring"]
     lines.append(f"(pin ring adds {ring['flops']} flops: {ring['input_bits']} input bits x2, "
                  f"{ring['output_bits']} output bits)")
-    if not report.get("fits", True):
+    if report.get("fits", True) is None:
+        lines.append(f"PLACE AND ROUTE DID NOT COMPLETE: {report['error']}")
+    elif not report.get("fits", True):
         lines.append(f"DOES NOT FIT: {report['error']}")
     else:
         status = "met" if report["timing_met"] else "not met"
@@ -121,9 +123,13 @@ def run_scaling(sizes, *, target: str = DEFAULT_TARGET, design: str = DEFAULT_DE
         try:
             report = synthesize(target=target, design=design, rows=r, cols=c, build_dir=build_dir, log=log,
                                 **synth_kwargs)
-        except DoesNotFit as exc:
+        except FlowError as exc:
+            # A size that does not fit, or whose place-and-route failed or ran out of time, is a row with the
+            # reason; the study carries on. Errors before a report exists (a missing tool) still stop it.
+            if getattr(exc, "report", None) is None:
+                raise
             if log:
-                log(str(exc))
+                log(str(exc).splitlines()[0])
             report = exc.report
         rows.append(_row(report, cycles_per_image))
     paths = write_scaling(rows, target=target, design=design, out_dir=Path(build_dir) / "reports")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hw.fpga.__main__ import main
-from hw.fpga.flow import (DoesNotFit, _table_complete, build_design, check_fit, config_label, parse_pnr_overflow,
-                          report_path, synthesize)
+from hw.fpga.flow import (DoesNotFit, _reusable, _table_complete, build_design, check_fit, config_label,
+                          parse_pnr_overflow, report_path, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
 
@@ -55,9 +55,23 @@ def ecp5_report(tmp_path_factory):
                       build_dir=tmp_path_factory.mktemp("ecp5"))
 
 
+def test_reuse_skips_an_unchanged_configuration(ecp5_report):
+    build_dir = Path(ecp5_report["build_dir"]).parent.parent
+    log = Path(ecp5_report["logs"]["nextpnr"])
+    before = log.stat().st_mtime_ns
+    again = synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2, build_dir=build_dir,
+                       reuse=True)
+    assert again == ecp5_report and log.stat().st_mtime_ns == before
+    report = Path(ecp5_report["report_path"])
+    key = ecp5_report["inputs_sha256"]
+    assert _reusable(report, key, bitstream=True) == ecp5_report
+    assert _reusable(report, "0" * 64, bitstream=True) is None          # other Verilog, options or tools
+    assert _reusable(report.with_name("missing.json"), key, bitstream=True) is None
+
+
 def test_ecp5_flow(ecp5_report):
     check_report(ecp5_report, target="ecp5-25k", design="engine", rows=1, cols=1)
-    assert ecp5_report["resources"]["dsp"]["count"] >= 1  # the PE's 8x8 multiplier maps to a MULT18X18D
+    assert ecp5_report["resources"]["dsp"]["count"] >= 1  # the epilogue's partial products use MULT18X18Ds
     assert ecp5_report["resources"]["ffs"]["source"] == "nextpnr"
     assert Path(ecp5_report["build_dir"]).name == "ecp5-25k-1x1-engine"
     assert 'FREQUENCY PORT "clk" 150 MHz;' in (Path(ecp5_report["build_dir"]) / "top.lpf").read_text()
