@@ -76,8 +76,11 @@ def _cached(out_v: Path, out_json: Path, key: str) -> bool:
         return False
 
 
-def _generate(component, *, toplevel, name, params, out_dir, force, describe) -> tuple[Path, Path]:
-    """Write ``component``'s Verilog and JSON description unless the cached pair is current."""
+def _generate(make, *, toplevel, name, params, out_dir, force, describe) -> tuple[Path, Path]:
+    """Write the Verilog and JSON description of the component ``make()`` builds unless the cached pair is current.
+
+    The component is only built on a cache miss (a cached pair exists only for parameters that were valid), so a
+    cache hit leaves no unelaborated Amaranth objects behind (no ``UnusedElaboratable`` warnings)."""
     out_dir = Path(out_dir)
     out_v, out_json = out_dir / f"{name}.v", out_dir / f"{name}.json"
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + hardware_source_hash().encode()).hexdigest()
@@ -85,9 +88,10 @@ def _generate(component, *, toplevel, name, params, out_dir, force, describe) ->
         return out_v, out_json
     from amaranth.back import verilog
 
+    component = make()  # validates the parameters
     out_dir.mkdir(parents=True, exist_ok=True)
     text = verilog.convert(component, name=toplevel)
-    description = {"design": toplevel, "toplevel": toplevel, "parameters": params, **describe(),
+    description = {"design": toplevel, "toplevel": toplevel, "parameters": params, **describe(component),
                    "ports": [{"name": "clk", "direction": "input", "width": 1},
                              {"name": "rst", "direction": "input", "width": 1}] + describe_ports(component),
                    "cache_key": key}
@@ -100,10 +104,10 @@ def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=Fal
     """Write the GEMM engine's Verilog and JSON description (latencies, command layouts); returns their paths."""
     from .gemm_engine import GemmEngine, matmul_command_layout, store_command_layout
 
-    engine = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth)  # validates the parameters first
-    return _generate(engine, toplevel="gemm_engine", name=f"gemm_engine_{rows}x{cols}",
+    return _generate(lambda: GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth),
+                     toplevel="gemm_engine", name=f"gemm_engine_{rows}x{cols}",
                      params={"rows": rows, "cols": cols, "acc_depth": acc_depth}, out_dir=out_dir, force=force,
-                     describe=lambda: {
+                     describe=lambda engine: {
                          "latency": {"pipeline_depth": engine.pipeline_depth,
                                      "matmul_latency": f"count + {engine.matmul_latency(0)}",
                                      "min_overlapped_count": engine.min_overlapped_count,
@@ -121,10 +125,9 @@ def generate_accelerator(*, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_
 
     params = {"rows": rows, "cols": cols, "act_depth": act_depth, "wgt_depth": wgt_depth, "acc_depth": acc_depth,
               "param_depth": param_depth, "data_width": data_width}
-    top = Accelerator(**params)  # validates the parameters first
-    return _generate(top, toplevel="accelerator", name=f"accelerator_{rows}x{cols}", params=params,
-                     out_dir=out_dir, force=force,
-                     describe=lambda: {
+    return _generate(lambda: Accelerator(**params), toplevel="accelerator", name=f"accelerator_{rows}x{cols}",
+                     params=params, out_dir=out_dir, force=force,
+                     describe=lambda top: {
                          "registers": [{"name": r.name.upper(), "offset": r.offset, "access": r.access,
                                         "description": r.description} for r in REGISTERS],
                          "error_codes": {e.name: int(e) for e in ErrorCode},
