@@ -459,11 +459,11 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     except FlowError as exc:
         error = overflow_error(getattr(exc, "output", ""))
         if error is None:
-            # Not a shortfall (a timeout, a router that gave up): the report still records what is known.
+            # Not a shortfall (a timeout, a router that gave up): the report still records what is known, the
+            # packed resources from nextpnr's utilisation table if it got that far, else Yosys's lower bounds.
             report.update(fits=None, error=str(exc).splitlines()[0], fmax_mhz=None, critical_path=None,
                           bitstream=None,
-                          resources={k: _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
-                                     for k, r in tgt.resources.items()},
+                          resources=resources_known(tgt, cells, (work / "nextpnr.log").read_text(errors="replace")),
                           tools=tool_versions(tgt), wall_time_s=_rounded(wall, t_start))
             out_report.write_text(json.dumps(report, indent=2) + "\n")
             exc.report = report
@@ -486,6 +486,20 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     report["wall_time_s"] = _rounded(wall, t_start)
     out_report.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def resources_known(tgt: Target, cells: dict[str, int], pnr_log: str) -> dict:
+    """Resource entries of a run that did not finish: nextpnr's packed counts where its utilisation table is in
+    ``pnr_log``, Yosys's lower bounds otherwise."""
+    table = ({m[1]: (int(m[2]), int(m[3])) for m in _UTIL_LINE.finditer(pnr_log)}
+             if _table_complete(pnr_log) else {})
+    out = {}
+    for kind, r in tgt.resources.items():
+        if r.pnr_cell in table:
+            out[kind] = _resource_entry(r, table[r.pnr_cell][0], table[r.pnr_cell][1], "nextpnr (packing)")
+        else:
+            out[kind] = _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
+    return out
 
 
 def _reusable(path: Path, inputs_sha256: str, bitstream: bool, timeout_s: float) -> dict | None:

@@ -13,7 +13,7 @@ import pytest
 
 from hw.fpga.__main__ import main
 from hw.fpga.flow import (DoesNotFit, _reusable, _table_complete, build_design, check_fit, config_label,
-                          parse_pnr_overflow, report_path, synthesize)
+                          parse_pnr_overflow, report_path, resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
 
@@ -139,6 +139,13 @@ def test_parse_pnr_overflow():
     table = "Info: Device utilisation:\nInfo: \t        TRELLIS_COMB:  90000/  83640   107%\n"
     assert not _table_complete(table) and not _table_complete("Info: Packing...\n")
     assert _table_complete(table + "\nInfo: Placed 5 cells\n")
+    # A run that did not finish reports the packed counts of a complete table, else Yosys's lower bounds.
+    ecp5 = get_target("ecp5-85k")
+    cells = {"LUT4": 100, "CCU2C": 10, "TRELLIS_FF": 50, "MULT18X18D": 2, "DP16KD": 1}
+    known = resources_known(ecp5, cells, table + "\nInfo: Placed 5 cells\n")
+    assert known["luts"]["count"] == 90000 and known["luts"]["source"] == "nextpnr (packing)"
+    assert known["ffs"]["count"] == 50 and known["ffs"]["source"] == "yosys"
+    assert resources_known(ecp5, cells, table)["luts"]["count"] == 120
 
 
 def test_scaling_files(ecp5_report, tmp_path):
