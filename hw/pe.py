@@ -62,11 +62,12 @@ class ProcessingElement(wiring.Component):
     an ECP5-85k has (256 > 156). The requantization multipliers of the epilogue stay on DSP blocks.
 
     Every adder is a two-input carry chain between registers: Yosys merges a multi-operand sum into a carry-save
-    tree of LUTs, which for this product cost 60% more logic (a PE is about 64 LUT4, 53 CCU2C and 129 flops).
-    Because the bank bit travels with the
-    activation and the weight is sampled in the cycle the activation arrives, a new weight tile written into the
-    idle bank takes effect exactly with the first activation of the next tile: tiles stream back to back without
-    draining the array, and the weight-reuse rule is the same as for an unpipelined PE.
+    tree of LUTs, which for this product cost 60% more logic (a PE is about 74 LUT4, 53 CCU2C and 146 flops).
+
+    Because the bank bit travels with the activation and the weight is sampled in the cycle the activation
+    arrives, a new weight tile written into the idle bank takes effect exactly with the first activation of the
+    next tile: tiles stream back to back without draining the array, and the weight-reuse rule is the same as for
+    an unpipelined PE.
 
     Parameters
     ----------

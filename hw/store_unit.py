@@ -223,6 +223,8 @@ class StoreUnit(wiring.Component):
         def last_word_of(offset, size):
             return ((offset + size + (nbytes - 1)) >> obits) - 1
 
+        ins_row_bytes = Mux(ins.raw, ins.n_cols << 2, ins.n_cols)    # the instruction's row size in bytes
+
         m.d.comb += [end.eq(d_offset + row_bytes), last_word.eq(k == last_k)]
         int8_bytes = [cur_row[c][:8] for c in range(cols)]
         raw_bytes = [cur_row.as_value()[8 * i:8 * i + 8] for i in range(row_size)]
@@ -299,8 +301,8 @@ class StoreUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += latch_params
                     m.d.sync += [
-                        row_bytes.eq(Mux(ins.raw, ins.n_cols << 2, ins.n_cols)),
-                        last_k.eq(last_word_of(ins.dram_addr[:obits], Mux(ins.raw, ins.n_cols << 2, ins.n_cols))),
+                        row_bytes.eq(ins_row_bytes),
+                        last_k.eq(last_word_of(ins.dram_addr[:obits], ins_row_bytes)),
                         c_addr.eq(ins.dram_addr), c_left.eq(ins.count), in_left.eq(ins.count),
                         rows_due.eq(ins.count != 0),
                         resp_left.eq(ins.count), d_offset.eq(ins.dram_addr[:obits]), k.eq(0), error.eq(0),

@@ -411,18 +411,23 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     cells = {k: v for k, v in stat["design"]["num_cells_by_type"].items() if not k.startswith("$")}
     report["yosys_cells"] = dict(sorted(cells.items()))
 
+    def unfinished(error, *, fits, resources):
+        """Write the report of a run that ends without place-and-route results and attach it to ``error``."""
+        report.update(fits=fits, error=str(error).splitlines()[0], fmax_mhz=None, critical_path=None,
+                      bitstream=None, resources=resources, tools=tool_versions(tgt),
+                      wall_time_s=_rounded(wall, t_start))
+        out_report.write_text(json.dumps(report, indent=2) + "\n")
+        error.report = report
+        return error
+
     def not_fit(kind_or_cell, used, available, stage):
         resource = tgt.resources.get(kind_or_cell)
         label_ = resource.label if resource else f"{kind_or_cell} cells"
         error = DoesNotFit(target=target, config=config, resource=kind_or_cell, label=label_, used=used,
                            available=available, stage=stage)
-        report.update(fits=False, error=str(error), fmax_mhz=None, critical_path=None, bitstream=None,
-                      resources={k: _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
-                                 for k, r in tgt.resources.items()},
-                      tools=tool_versions(tgt), wall_time_s=_rounded(wall, t_start))
-        out_report.write_text(json.dumps(report, indent=2) + "\n")
-        error.report = report
-        return error
+        return unfinished(error, fits=False,
+                          resources={k: _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
+                                     for k, r in tgt.resources.items()})
 
     if precheck and (over := check_fit(tgt, cells)):
         kind, used = over
@@ -438,6 +443,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     args = [*tgt.nextpnr_args, "--json", "top.json", "--lpf" if tgt.family == "ecp5" else "--pcf", constraints.name,
             "--textcfg" if tgt.family == "ecp5" else "--asc", placed, "--report", "nextpnr_report.json",
             "--seed", str(seed), "--timing-allow-fail", *(["--router", router] if router else [])]
+
     def overflow_error(text):
         over = parse_pnr_overflow(text)
         if over is None:
@@ -461,12 +467,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         if error is None:
             # Not a shortfall (a timeout, a router that gave up): the report still records what is known, the
             # packed resources from nextpnr's utilisation table if it got that far, else Yosys's lower bounds.
-            report.update(fits=None, error=str(exc).splitlines()[0], fmax_mhz=None, critical_path=None,
-                          bitstream=None,
-                          resources=resources_known(tgt, cells, (work / "nextpnr.log").read_text(errors="replace")),
-                          tools=tool_versions(tgt), wall_time_s=_rounded(wall, t_start))
-            out_report.write_text(json.dumps(report, indent=2) + "\n")
-            exc.report = report
+            unfinished(exc, fits=None,
+                       resources=resources_known(tgt, cells, (work / "nextpnr.log").read_text(errors="replace")))
             raise
         raise error from None
     wall["place_and_route"] = time.monotonic() - t0
