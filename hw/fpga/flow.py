@@ -336,8 +336,9 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     reuse : bool
         Return the existing report instead of running the tools again when it was made from the same inputs:
         the same Verilog, flow options and tool versions (``inputs_sha256`` in the report), with its bitstream
-        still there if one is wanted (a run that ran out of time is reused only for a limit no longer than its own). A scaling study re-run after an interruption, or after ``make synth``, then
-        only synthesizes what changed.
+        still there if one is wanted (a run that ran out of time is reused only for a limit no longer than its
+        own). A scaling study re-run after an interruption, or after ``make synth``, then only synthesizes what
+        changed.
     log : callable, optional
         Called with one progress line per stage.
 
