@@ -6,7 +6,8 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .gemm_engine import matmul_command_layout
-from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature
+from .instruction_layout import (INDEX_WIDTH, abort_register, instruction_layout, queue_entry_layout,
+                                 token_signature)
 from .isa import Opcode
 
 __all__ = ["ComputeUnit"]
@@ -38,7 +39,8 @@ class ComputeUnit(wiring.Component):
     mm_cmd, weights, act : Out(stream) ; mm_done, mm_idle : In(1)
         To the GEMM engine.
     abort : In(1), abort_index : In(32)
-        Drop a waiting instruction whose index is above ``abort_index``.
+        Drop a waiting instruction whose index is above ``abort_index``; registered (:func:`abort_register`), so
+        an abort takes effect the cycle after it rises.
     busy, idle : Out(1)
         A MATMUL is in flight (issued and not yet complete) / nothing is in progress.
 
@@ -88,7 +90,7 @@ class ComputeUnit(wiring.Component):
         is_sync = entry.word[:3] == Opcode.SYNC
         drained = Signal()
         m.d.comb += drained.eq(~wjobs.r_rdy & ~ajobs.r_rdy & ~dones.r_rdy & self.mm_idle)
-        droppable = self.abort & (entry.index > self.abort_index)
+        droppable = abort_register(m, self, entry)
         with m.FSM(name="issue") as issue_fsm:
             with m.State("IDLE"):
                 m.d.comb += self.instr.ready.eq(1)

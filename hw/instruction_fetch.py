@@ -1,6 +1,6 @@
 """Instruction fetch: reads the program from DRAM in bursts and hands 128-bit words to the dispatcher in order."""
 
-from amaranth import Cat, Module, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -83,19 +83,22 @@ class InstructionFetch(wiring.Component):
         outstanding = Signal(range(self._depth + 1))  # read commands without their last beat
         fetch_index = Signal(INDEX_WIDTH)    # index of the next word to assemble
 
+        # Issue: a burst of n = min(burst, remaining) instructions when the FIFO can take them all. n is a
+        # register kept equal to that minimum (set with ``remaining``), so the 32-bit compare is not on the path
+        # from this block's registers into the AXI master's command accept.
+        n = Signal(range(self._burst + 1))
+
+        def burst_of(count):
+            return Mux(count < self._burst, count, self._burst)
+
         with m.If(self.start):
             m.d.sync += [running.eq(1), next_addr.eq(self.prog_addr & ~(INSTRUCTION_BYTES - 1)),
-                         remaining.eq(self.prog_len), marker_due.eq(1), fetch_index.eq(0)]
+                         remaining.eq(self.prog_len), n.eq(burst_of(self.prog_len)), marker_due.eq(1),
+                         fetch_index.eq(0)]
 
-        # Issue: a burst of min(burst, remaining) instructions when the FIFO can take them all.
-        n = Signal(range(self._burst + 1))
-        with m.If(remaining < self._burst):
-            m.d.comb += n.eq(remaining)
-        with m.Else():
-            m.d.comb += n.eq(self._burst)
         space = Signal(range(self._depth + 2))
         m.d.comb += space.eq(self._depth - fifo.level - requested)
-        can_issue = running & ~self.stop & (remaining != 0) & (space >= n) & ~self.start
+        can_issue = running & ~self.stop & (n != 0) & (space >= n) & ~self.start
         m.d.comb += [
             self.rd_cmd.valid.eq(can_issue),
             self.rd_cmd.payload.addr.eq(next_addr),
@@ -104,7 +107,8 @@ class InstructionFetch(wiring.Component):
         issued = Signal()
         m.d.comb += issued.eq(self.rd_cmd.valid & self.rd_cmd.ready)
         with m.If(issued):
-            m.d.sync += [next_addr.eq(next_addr + n * INSTRUCTION_BYTES), remaining.eq(remaining - n)]
+            m.d.sync += [next_addr.eq(next_addr + n * INSTRUCTION_BYTES), remaining.eq(remaining - n),
+                         n.eq(burst_of(remaining - n))]
 
         # Assemble beats into words (data is always accepted: the FIFO space was reserved).
         beat = Signal(range(beats))

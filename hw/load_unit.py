@@ -18,7 +18,8 @@ from amaranth.lib.wiring import In, Out
 
 from .axi4_master import (check_bus, read_command_layout, read_data_layout, word_offset_bits,
                           write_command_layout, write_data_layout, write_response_layout)
-from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature
+from .instruction_layout import (INDEX_WIDTH, abort_register, instruction_layout, queue_entry_layout,
+                                 token_signature)
 from .isa import Buffer, Opcode, param_entry_bytes
 from .systolic_array import check_array_size
 
@@ -85,9 +86,10 @@ class LoadUnit(wiring.Component):
         is written (the write port's ``en`` is high in that cycle, so the data is in the buffer before anyone can
         pop the token).
     abort : In(1), abort_index : In(32)
-        While ``abort`` is high, an instruction whose index is above ``abort_index`` and that has not issued its
-        first read command (for instance one waiting for its token) is dropped: consumed, no token popped or
-        pushed, no bus traffic, no write. An instruction that has started runs to completion.
+        From the cycle after ``abort`` rises (the decision is registered, :func:`abort_register`), an instruction
+        whose index is above ``abort_index`` and that has not issued its first read command (for instance one
+        waiting for its token) is dropped: consumed, no token popped or pushed, no bus traffic, no write. An
+        instruction that has started runs to completion.
     fault : Out(1), fault_index : Out(32)
         One-cycle pulse, instead of the push, when a LOAD completes that saw ``error`` on any read beat;
         ``fault_index`` is that instruction's index. All its rows are still read and written.
@@ -184,9 +186,8 @@ class LoadUnit(wiring.Component):
         entry = Signal(queue_entry_layout())
         ins = data.View(instruction_layout(Opcode.LOAD), entry.word)  # token flags sit at the same bits in a SYNC
         is_sync = entry.word[:3] == Opcode.SYNC
-        droppable = Signal()
-        m.d.comb += [droppable.eq(self.abort & (entry.index > self.abort_index)),
-                     self.fault_index.eq(entry.index)]
+        droppable = abort_register(m, self, entry)
+        m.d.comb += self.fault_index.eq(entry.index)
 
         # ---- Command stage: one aligned read per row, as fast as the bus takes them.
         c_addr = Signal(self._addr_width)       # byte address of the next row to request

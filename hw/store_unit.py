@@ -14,7 +14,8 @@ from amaranth.lib.wiring import In, Out
 
 from .epilogue import epilogue_params_layout
 from .gemm_engine import store_command_layout
-from .instruction_layout import INDEX_WIDTH, instruction_layout, queue_entry_layout, token_signature
+from .instruction_layout import (INDEX_WIDTH, abort_register, instruction_layout, queue_entry_layout,
+                                 token_signature)
 from .isa import Opcode, param_entry_bytes
 from .load_unit import (address_bits, check_bus, check_depth, rotate_bytes, word_offset_bits,
                         write_command_layout, write_data_layout, write_response_layout)
@@ -71,9 +72,10 @@ class StoreUnit(wiring.Component):
         One-cycle pulse pushing a STORE->COMPUTE token for ``push_prev``, the cycle after the STORE's last write
         response (every row is then in DRAM).
     abort : In(1), abort_index : In(32)
-        While ``abort`` is high, an instruction whose index is above ``abort_index`` and that has not sent its
-        ``st_cmd`` (for instance one waiting for its token) is dropped: consumed, no token popped or pushed, no
-        engine command, no bus traffic. An instruction that has started runs to completion.
+        From the cycle after ``abort`` rises (the decision is registered, :func:`abort_register`), an instruction
+        whose index is above ``abort_index`` and that has not sent its ``st_cmd`` (for instance one waiting for
+        its token) is dropped: consumed, no token popped or pushed, no engine command, no bus traffic. An
+        instruction that has started runs to completion.
     fault : Out(1), fault_index : Out(32)
         One-cycle pulse, instead of the push, when a STORE completes that got ``error`` on any write response;
         ``fault_index`` is that instruction's index. All its rows are still written.
@@ -171,9 +173,8 @@ class StoreUnit(wiring.Component):
         entry = Signal(queue_entry_layout())
         ins = data.View(instruction_layout(Opcode.STORE), entry.word)  # token flags sit at the same bits in a SYNC
         is_sync = entry.word[:3] == Opcode.SYNC
-        droppable = Signal()
-        m.d.comb += [droppable.eq(self.abort & (entry.index > self.abort_index)),
-                     self.fault_index.eq(entry.index)]
+        droppable = abort_register(m, self, entry)
+        m.d.comb += self.fault_index.eq(entry.index)
 
         # ---- Epilogue parameters: the PARAM entry unpacked, with the instruction's raw bit.
         params = Signal(epilogue_params_layout(cols))
@@ -307,7 +308,18 @@ class StoreUnit(wiring.Component):
                         rows_due.eq(ins.count != 0),
                         resp_left.eq(ins.count), d_offset.eq(ins.dram_addr[:obits]), k.eq(0), error.eq(0),
                     ]
-                    m.next = "COMMAND"
+                    m.next = "OFFER"
+            with m.State("OFFER"):
+                # The first cycle of the command: the last one in which an abort can still drop the STORE (the
+                # registered decision sees an abort that rose in PARAMS). Once offered, st_cmd stays valid.
+                with m.If(droppable):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += self.st_cmd.valid.eq(1)
+                    with m.If(self.st_cmd.ready):
+                        m.next = "EXECUTE"
+                    with m.Else():
+                        m.next = "COMMAND"
             with m.State("COMMAND"):
                 m.d.comb += self.st_cmd.valid.eq(1)
                 with m.If(self.st_cmd.ready):

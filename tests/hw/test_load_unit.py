@@ -121,7 +121,6 @@ class Bench:
         self.token_prob = token_prob
         self.rng = np.random.default_rng(seed + 3)
         self.protocol_errors = []
-        self.abort_index = None     # raise abort with this index together with the next token
 
     async def monitor(self, ctx):
         dut = self.dut
@@ -158,9 +157,6 @@ class Bench:
             if self.tokens_left and self.rng.random() < self.token_prob:
                 self.tokens_left -= 1
                 available += 1
-                if self.abort_index is not None:
-                    ctx.set(dut.abort_index, self.abort_index)
-                    ctx.set(dut.abort, 1)
             ctx.set(dut.pop_next.ready, available > 0)
             self.cycle += 1
 
@@ -378,8 +374,11 @@ def test_abort_drops_waiting_and_not_started_instructions():
             # and are dropped too; index 9 is not above abort_index and runs.
             await ctx.tick().until(dut.pop_next.valid)
             await ctx.tick().repeat(5)
-            # The token arrives in the very cycle abort rises: the dropped LOAD must not take it.
-            bench.tokens_left, bench.token_prob, bench.abort_index = 1, 1.0, 10
+            ctx.set(dut.abort_index, 10)
+            ctx.set(dut.abort, 1)
+            await ctx.tick()
+            # The token arrives as soon as the (registered) abort is seen: the dropped LOAD must not take it.
+            bench.tokens_left, bench.token_prob = 1, 1.0
         return process
 
     bench = run(cfg, program, dram, seed=0, tokens=0, extra=abort)

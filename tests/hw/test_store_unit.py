@@ -136,7 +136,7 @@ class Bench:
         self.latency, self.outstanding, self.errors = latency, outstanding, errors
         self.cycle = 0
         self.events, self.trace, self.problems = [], [], []
-        self.tokens_left, self.token_prob, self.abort_index = tokens, 0.3, None
+        self.tokens_left, self.token_prob = tokens, 0.3
         self.commands = deque()           # (addr, beats) of accepted commands whose words are still to come
         self.responses = deque()          # (cycle due, error) of commands whose words all came
         self.overlapped = False           # a write command was accepted while responses were pending
@@ -180,9 +180,6 @@ class Bench:
             if self.tokens_left and self.rng.random() < self.token_prob:
                 self.tokens_left -= 1
                 available += 1
-                if self.abort_index is not None:
-                    ctx.set(u.abort_index, self.abort_index)
-                    ctx.set(u.abort, 1)
             ctx.set(u.pop_prev.ready, available > 0)
             self.cycle += 1
 
@@ -466,8 +463,11 @@ def test_abort_drops_waiting_and_not_started_instructions():
         async def process(ctx):
             await ctx.tick().until(unit.pop_prev.valid)
             await ctx.tick().repeat(5)
-            # The token arrives in the very cycle abort rises: the dropped STORE must not take it.
-            bench.tokens_left, bench.token_prob, bench.abort_index = 1, 1.0, 10
+            ctx.set(unit.abort_index, 10)
+            ctx.set(unit.abort, 1)
+            await ctx.tick()
+            # The token arrives as soon as the (registered) abort is seen: the dropped STORE must not take it.
+            bench.tokens_left, bench.token_prob = 1, 1.0
         return process
 
     bench, dram, acc, params = run(cfg, program, seed=3, tokens=0, extra=abort, dropped={11, 12, 13})
