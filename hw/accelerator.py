@@ -155,11 +155,18 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store.pop_prev, queues["c2s"].pop)
         wiring.connect(m, compute.pop_next, queues["s2c"].pop)
 
-        # ---- Buffers.
-        m.submodules.act_mem = act_mem = Memory(shape=data.ArrayLayout(signed(8), rows), depth=cfg.act_depth, init=[])
-        m.submodules.wgt_mem = wgt_mem = Memory(shape=data.ArrayLayout(signed(8), cols), depth=cfg.wgt_depth, init=[])
+        # ---- Buffers. A unit reads an entry only after popping the token that the LOAD which wrote it pushed in
+        # the cycle of its last write, so a read whose data is used never meets a write to the same entry in the
+        # same cycle: the memories are marked no_rw_check, and Yosys does not add the address compare and
+        # bypass multiplexer that would otherwise emulate read-before-write between the block RAM's two ports on
+        # the read data's path (measured on a probe: 145.5 vs 136.4 MHz on ECP5, hw/fpga/ceilings.py).
+        no_rw_check = {"no_rw_check": 1}
+        m.submodules.act_mem = act_mem = Memory(shape=data.ArrayLayout(signed(8), rows), depth=cfg.act_depth,
+                                                init=[], attrs=no_rw_check)
+        m.submodules.wgt_mem = wgt_mem = Memory(shape=data.ArrayLayout(signed(8), cols), depth=cfg.wgt_depth,
+                                                init=[], attrs=no_rw_check)
         m.submodules.param_mem = param_mem = Memory(shape=unsigned(8 * cfg.row_bytes(Buffer.PARAM)),
-                                                    depth=cfg.param_depth, init=[])
+                                                    depth=cfg.param_depth, init=[], attrs=no_rw_check)
         for mem, unit_prefix in ((act_mem, "act"), (wgt_mem, "wgt"), (param_mem, "param")):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(getattr(load, f"{unit_prefix}_wr_addr")),

@@ -27,6 +27,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from .ceilings import hard_block_ceilings, limits_text
 from .pin_ring import PinRing
 from .targets import DEFAULT_TARGET, RESOURCE_KINDS, TARGETS, Target, get_target
 
@@ -402,6 +403,11 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         "logs": {"yosys": str(work / "yosys.log"), "nextpnr": str(work / "nextpnr.log")},
     }
 
+    # ---- Hard-block ceilings (seconds, cached): what a block RAM or DSP path reaches alone on this target.
+    t0 = time.monotonic()
+    report["ceilings"] = hard_block_ceilings(tgt, build_dir=build_dir, timeout_s=timeout_s)
+    wall["ceilings"] = time.monotonic() - t0
+
     # ---- Synthesis.
     t0 = time.monotonic()
     synth = f"{tgt.synth_command} -top top -json top.json" + (" -dff" if abc9_dff else "")
@@ -474,6 +480,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         raise error from None
     wall["place_and_route"] = time.monotonic() - t0
     report.update(fits=True, **parse_pnr_report(json.loads((work / "nextpnr_report.json").read_text()), tgt, cells))
+    report["limited_by"] = limits_text(report)
 
     # ---- Bitstream.
     report["bitstream"] = None

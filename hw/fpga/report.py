@@ -57,7 +57,15 @@ def format_table(report: dict) -> str:
                          f"{path['routing_ns']:.2f} routing, {path['steps']} steps)")
             lines.append(f"  from {path['start_signal']}  [{', '.join(path['start_source']) or '?'}]")
             lines.append(f"  to   {path['end_signal']}  [{', '.join(path['end_source']) or '?'}]")
+        limits = report.get("limited_by") or []
+        if limits:
+            lines.append("limited by:")
+            lines += [f"  - {line}" for line in limits]
         lines.append(f"bitstream {report['bitstream'] or '(not packed)'}")
+    ceilings = report.get("ceilings") or {}
+    if ceilings:
+        lines.append("hard-block ceilings on this target (probe designs, as Yosys maps the blocks): " + "; ".join(
+            f"{c['what']} ({c['mapped_to']}) {c['fmax_mhz']:.1f} MHz" for c in ceilings.values()))
     lines.append(f"wall time {report['wall_time_s']['total']:.1f} s; report {report['report_path']}")
     return "\n".join(lines)
 

@@ -37,6 +37,21 @@ def check_report(report, *, target, design, rows, cols):
     assert path["delay_ns"] == pytest.approx(path["logic_ns"] + path["routing_ns"], abs=0.01)
     # Fmax is the reciprocal of the critical path delay (within nextpnr's rounding and clock skew).
     assert 1000 / report["fmax_mhz"] == pytest.approx(path["delay_ns"], rel=0.1)
+    # Hard-block ceilings: one probe per block kind the target has, each mapped to that block, each with its path.
+    ceilings = report["ceilings"]
+    assert set(ceilings) == {kind for kind in ("bram", "dsp") if tgt.resources[kind].available}
+    for kind, ceiling in ceilings.items():
+        assert ceiling["mapped_to"] in tgt.resources[kind].yosys_cells, (kind, ceiling)
+        assert 1000 / ceiling["fmax_mhz"] == pytest.approx(ceiling["critical_path"]["delay_ns"], rel=0.1)
+    # limited_by: nothing when timing is met; else the critical path, then exactly the ceilings under the constraint
+    # of the blocks the design uses.
+    below = [c for kind, c in ceilings.items()
+             if c["fmax_mhz"] < report["constraint_mhz"] and report["resources"][kind]["count"]]
+    if report["timing_met"]:
+        assert report["limited_by"] == []
+    else:
+        assert path["start_signal"] in report["limited_by"][0]
+        assert len(report["limited_by"]) == 1 + len(below)
     bit = Path(report["bitstream"])
     assert bit.suffix == tgt.bitstream_suffix and bit.stat().st_size > 1000
     for log in report["logs"].values():
@@ -81,7 +96,7 @@ def test_ecp5_flow(ecp5_report):
     assert Path(ecp5_report["build_dir"]).name == "ecp5-25k-1x1-engine"
     assert 'FREQUENCY PORT "clk" 150 MHz;' in (Path(ecp5_report["build_dir"]) / "top.lpf").read_text()
     table = format_table(ecp5_report)
-    assert "Fmax" in table and "TRELLIS_COMB" in table and "critical path" in table
+    assert "Fmax" in table and "TRELLIS_COMB" in table and "critical path" in table and "DP16KD" in table
 
 
 def test_ice40_flow_through_cli(tmp_path, capsys):
