@@ -205,13 +205,19 @@ class GemmEngine(wiring.Component):
 
         ld_bank_busy = Signal()
         m.d.comb += ld_bank_busy.eq((ld_bank & bank_busy[1]) | (~ld_bank & bank_busy[0]))
-        m.d.comb += [
-            self.weights.ready.eq(ld_busy & ~ld_bank_busy),
-            array.w_data.eq(self.weights.payload),
+        # The array's weight write port is registered: the weight row fans out to every PE of its columns, and
+        # so leaves a register rather than the WGT block RAM's read path. A row is written one cycle after its
+        # handshake, which only moves writes later than the bank-reuse rule above requires; a tile's first vector
+        # reaches row r at least rows cycles after that row is written.
+        w_data = Signal.like(array.w_data, name="w_data_q", reset_less=True)
+        m.d.comb += self.weights.ready.eq(ld_busy & ~ld_bank_busy)
+        m.d.sync += [
+            w_data.eq(self.weights.payload),
             array.w_row.eq(ld_row),
             array.w_bank.eq(ld_bank),
             array.w_we.eq(self.weights.valid & self.weights.ready),
         ]
+        m.d.comb += array.w_data.eq(w_data)
         with m.If(self.weights.valid & self.weights.ready):
             m.d.sync += ld_row.eq(ld_row + 1)
             with m.If(ld_row == rows - 1):

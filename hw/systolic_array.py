@@ -81,7 +81,7 @@ class SystolicArray(wiring.Component):
         return self._pes[0][0].psum_latency
 
     def column_latency(self, col):
-        """Cycles from a vector's row-0 entry to its sum leaving the bottom of column ``col``: ``rows + col + 2``."""
+        """Cycles from a vector's row-0 entry to its sum leaving the bottom of column ``col``: ``rows + col + 4``."""
         if isinstance(col, bool) or not isinstance(col, int) or not 0 <= col < self._cols:
             raise ValueError(f"Column must lie in [0, {self._cols}), not {col!r}")
         pe = self._pes[0][0]
