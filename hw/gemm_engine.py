@@ -327,11 +327,12 @@ class GemmEngine(wiring.Component):
         side_valid = Signal(name="st_side_valid")
         side_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_side_acc")
         side_params = Signal(epilogue_params_layout(cols), name="st_side_params")
+        st_zero = Signal(init=1, name="st_zero")    # st_remaining == 0, as a register: st_cmd.ready is one LUT
         advance = Signal()
         read = Signal()
         m.d.comb += [
             advance.eq(~rd_valid | ~side_valid),
-            self.st_cmd.ready.eq((st_remaining == 0) & advance),
+            self.st_cmd.ready.eq(st_zero & advance),
             acc_st.en.eq(advance),
         ]
         with m.If(self.st_cmd.valid & self.st_cmd.ready):
@@ -339,11 +340,12 @@ class GemmEngine(wiring.Component):
             m.d.comb += [acc_st.addr.eq(cmd.acc_addr), read.eq(cmd.count != 0)]
             m.d.sync += [st_params.eq(cmd.params), st_addr.eq(cmd.acc_addr + 1)]
             with m.If(cmd.count != 0):
-                m.d.sync += st_remaining.eq(cmd.count - 1)
-        with m.Elif(st_remaining != 0):
+                m.d.sync += [st_remaining.eq(cmd.count - 1), st_zero.eq(cmd.count == 1)]
+        with m.Elif(~st_zero):
             m.d.comb += [acc_st.addr.eq(st_addr), read.eq(advance)]
             with m.If(advance):
-                m.d.sync += [st_addr.eq(st_addr + 1), st_remaining.eq(st_remaining - 1)]
+                m.d.sync += [st_addr.eq(st_addr + 1), st_remaining.eq(st_remaining - 1),
+                             st_zero.eq(st_remaining == 1)]
         with m.If(advance):
             m.d.sync += rd_valid.eq(read)
         with m.If(~q_valid | epilogue.i.ready):
@@ -366,5 +368,5 @@ class GemmEngine(wiring.Component):
             m.d.sync += st_in_flight.eq(st_in_flight + 1)
         with m.Elif(~(read & advance) & out_done):
             m.d.sync += st_in_flight.eq(st_in_flight - 1)
-        m.d.comb += self.st_idle.eq((st_remaining == 0) & (st_in_flight == 0))
+        m.d.comb += self.st_idle.eq(st_zero & (st_in_flight == 0))
         return m

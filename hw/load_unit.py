@@ -87,9 +87,9 @@ class LoadUnit(wiring.Component):
         pop the token).
     abort : In(1), abort_index : In(32)
         From the cycle after ``abort`` rises (the decision is registered, :func:`abort_register`), an instruction
-        whose index is above ``abort_index`` and that has not issued its first read command (for instance one
-        waiting for its token) is dropped: consumed, no token popped or pushed, no bus traffic, no write. An
-        instruction that has started runs to completion.
+        whose index is above ``abort_index`` and that has not started (it is waiting for its token, or was
+        accepted in the previous cycle) is dropped: consumed, no token popped or pushed, no bus traffic, no
+        write. An instruction that has started runs to completion.
     fault : Out(1), fault_index : Out(32)
         One-cycle pulse, instead of the push, when a LOAD completes that saw ``error`` on any read beat;
         ``fault_index`` is that instruction's index. All its rows are still read and written.
