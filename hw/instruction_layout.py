@@ -1,8 +1,9 @@
 """Hardware views of the ISA: bit layouts built from :data:`hw.isa.FIELDS`, and the unit queue entry.
 
-The encoding is defined once, in :mod:`hw.isa`; this module only turns its field tables into Amaranth
+The encoding is defined once, in :mod:`hw.isa`; this module turns its field tables into Amaranth
 ``data.StructLayout``\\ s so that the dispatcher and the units read fields by name (``view.buf_addr``) instead of
-slicing bits by hand.
+slicing bits by hand. :func:`abort_register` is the units' shared, registered decision to drop a queued
+instruction after a fault.
 """
 
 from amaranth import Mux, Signal, unsigned
