@@ -110,8 +110,10 @@ class AXI4Master(wiring.Component):
     responses may still be outstanding), up to ``outstanding`` commands (and, for writes, ``outstanding`` bursts
     awaiting B). So rows of a 2-D transfer, one short command each, cost one bus word per cycle, not one memory
     round trip. R beats pass combinationally to ``rd_data`` (``r.ready`` is ``rd_data.ready`` while a command
-    expects words) and ``wr_data`` to W (``wr_data.ready`` is ``w.ready``), so both directions move one word per
-    cycle across command boundaries and honour back-pressure from either side; no ``valid`` depends on a ``ready``.
+    expects words); ``wr_data`` goes to W through a two-entry register slice (W is driven from registers,
+    ``wr_data.ready`` comes from registers, a beat is on W :attr:`write_data_latency` cycle after its handshake), so
+    both directions move one word per cycle across command boundaries and honour back-pressure from either side;
+    no ``valid`` depends on a ``ready``.
     Reads and writes run independently. Error responses never stop a command: every word is still transferred and
     reported.
     Measured (tests): a 1024-word read or write with a stall-free slave takes 1029-1030 cycles.
@@ -161,6 +163,11 @@ class AXI4Master(wiring.Component):
     def address_latency(self) -> int:
         """Cycles from a command handshake to the first ``ARVALID`` / ``AWVALID`` of that command."""
         return 2
+
+    @property
+    def write_data_latency(self) -> int:
+        """Cycles from a ``wr_data`` handshake to that beat's ``WVALID`` (W not stalled): the register slice."""
+        return 1
 
     @property
     def page_words(self) -> int:
@@ -324,14 +331,35 @@ class AXI4Master(wiring.Component):
         w_beat = Signal(range(self._max_burst))    # index of the next W beat in its burst
         w_zero = Signal(init=1, name="w_zero")    # w_left == 0 and w_left == 1, as registers (see r_zero)
         w_one = Signal(name="w_one")
-        w_handshake = bus.w.valid & bus.w.ready
+        # The beats leave through a two-entry register slice (``w_main`` drives W, ``w_side`` catches a beat taken
+        # while W stalls), so W's valid, data and last are registers and ``wr_data.ready`` is one gate on registers:
+        # no combinational path from the bus into the STORE unit's data path or back. A beat reaches W the cycle
+        # after its ``wr_data`` handshake (:attr:`write_data_latency`); one word per cycle still flows.
+        w_beat_layout = data.StructLayout({"data": unsigned(self._data_width),
+                                           "strb": unsigned(self._data_width // 8), "last": unsigned(1)})
+        w_main_valid, w_side_valid = Signal(name="w_main_valid"), Signal(name="w_side_valid")
+        w_main = Signal(w_beat_layout, name="w_main", reset_less=True)
+        w_side = Signal(w_beat_layout, name="w_side", reset_less=True)
+        w_in = Signal(w_beat_layout, name="w_in")
+        w_handshake = Signal()      # a beat of the current command taken from wr_data (into the slice)
         m.d.comb += [
-            bus.w.valid.eq(self.wr_data.valid & ~w_zero),
-            self.wr_data.ready.eq(bus.w.ready & ~w_zero),
-            bus.w.data.eq(self.wr_data.payload.data),
-            bus.w.strb.eq(self.wr_data.payload.strb),
-            bus.w.last.eq(w_one | (w_beat == self._max_burst - 1) | (w_word[:page_bits] == page_last)),
+            self.wr_data.ready.eq(~w_side_valid & ~w_zero),
+            w_handshake.eq(self.wr_data.valid & self.wr_data.ready),
+            w_in.data.eq(self.wr_data.payload.data),
+            w_in.strb.eq(self.wr_data.payload.strb),
+            w_in.last.eq(w_one | (w_beat == self._max_burst - 1) | (w_word[:page_bits] == page_last)),
+            bus.w.valid.eq(w_main_valid),
+            bus.w.data.eq(w_main.data),
+            bus.w.strb.eq(w_main.strb),
+            bus.w.last.eq(w_main.last),
         ]
+        with m.If(~w_main_valid | bus.w.ready):
+            with m.If(w_side_valid):
+                m.d.sync += [w_main.eq(w_side), w_main_valid.eq(1), w_side_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [w_main.eq(w_in), w_main_valid.eq(w_handshake)]
+        with m.Elif(w_handshake):
+            m.d.sync += [w_side.eq(w_in), w_side_valid.eq(1)]
         with m.If(w_zero | (w_handshake & w_one)):
             m.d.comb += w_queue.r_en.eq(1)
             queued_beats = w_queue.r_data[word_bits:]
@@ -340,7 +368,7 @@ class AXI4Master(wiring.Component):
                          w_zero.eq(~w_queue.r_rdy), w_one.eq(w_queue.r_rdy & (queued_beats == 1))]
         with m.Elif(w_handshake):
             m.d.sync += [w_word.eq(w_word + 1), w_left.eq(w_left - 1),
-                         w_beat.eq(Mux(bus.w.last, 0, w_beat + 1)), w_zero.eq(w_one), w_one.eq(w_left == 2)]
+                         w_beat.eq(Mux(w_in.last, 0, w_beat + 1)), w_zero.eq(w_one), w_one.eq(w_left == 2)]
 
         # B: one mark per response; a command's response leaves after the B of its last burst (or at once for a
         # zero-word command). B waits while a finished response is offered and not taken.
@@ -366,7 +394,8 @@ class AXI4Master(wiring.Component):
                 m.d.sync += wr_error.eq(wr_error | bus.b.resp[1])
         wr_active = Signal()
         m.d.comb += [
-            wr_active.eq(~aw_empty | bus.aw.valid | ~w_zero | w_queue.r_rdy | b_queue.r_rdy | resp_valid),
+            wr_active.eq(~aw_empty | bus.aw.valid | ~w_zero | w_queue.r_rdy | w_main_valid | w_side_valid |
+                         b_queue.r_rdy | resp_valid),
             self.wr_resp.valid.eq(resp_valid),
             self.wr_resp.payload.error.eq(resp_error),
             self.rd_busy.eq(rd_active),

@@ -136,6 +136,7 @@ class _Timing:
     store_start: int        # STORE unit: pop cycle -> engine store command offered
     row_latency: int        # STORE unit: a row's out handshake -> its first word offered
     completion: int         # STORE unit: last write response -> push
+    write_data: int         # AXI master: wr_data handshake -> the beat on W (its register slice)
     max_burst: int          # AXI master: longest burst
     outstanding: int        # AXI master: write commands queued for W, and write bursts awaiting B
 
@@ -177,6 +178,7 @@ def _timing(config: HardwareConfig) -> _Timing:
             store_start=store.command_latency - 1,
             row_latency=store.row_latency,
             completion=store.completion_latency,
+            write_data=master.write_data_latency,
             max_burst=master.max_burst,
             outstanding=master.outstanding,
         )
@@ -474,8 +476,8 @@ class _Model:
 
         Per row ``r``: ``E`` epilogue entry, ``O`` handshake on the engine's ``out``, ``C`` first cycle in the
         skid buffer's current register, ``c`` write command handshake, ``ell`` the cycle the master's W side takes
-        the command, ``S``..``F`` its words on W. Per burst: ``p`` presented on AW, ``x`` complete at the memory,
-        ``b`` its B handshake.
+        the command, ``S``..``F`` its words taken from ``wr_data`` (on W ``write_data`` cycles later). Per burst:
+        ``p`` presented on AW, ``x`` complete at the memory, ``b`` its B handshake.
         """
         bus = self.bus
         ep, row_latency, max_burst, queued = (self.timing.epilogue, self.timing.row_latency, self.timing.max_burst,
@@ -516,7 +518,7 @@ class _Model:
                 p = max(P[-1] + 1 if P else never, c + 1 if first else never,
                         Bh[j - queued] + 1 if j >= queued else never)
                 done += burst
-                x = max(p + 1, S + done - 1)
+                x = max(p + 1, S + done - 1 + self.timing.write_data)
                 P.append(p)
                 Bh.append(max(x + 1, Bh[-1] + 1 if Bh else never))
                 word += burst
