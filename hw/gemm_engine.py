@@ -16,6 +16,7 @@ ACC_WIDTH = 32
 #: Accumulator read-modify-write stages after the de-skew: read, register the read data, add and write.
 _RMW_STAGES = 3
 #: STORE stages before the epilogue: read an accumulator row, register it.
+_STORE_COMMAND_STAGES = 1
 _STORE_READ_STAGES = 2
 
 
@@ -148,12 +149,18 @@ class GemmEngine(wiring.Component):
         return max(self._rows + 2, self._rows + self._cols - 1)
 
     @property
+    def store_command_latency(self):
+        """Cycles from a STORE's command handshake to its first accumulator read: the command register (1)."""
+        return _STORE_COMMAND_STAGES
+
+    @property
     def store_latency(self):
         """Cycles from a STORE's command handshake to its first output row (``out`` ready).
 
-        2 (read the accumulator row, register it) + the epilogue's latency: ``2 + Epilogue.latency``.
+        1 (the command register) + 2 (read the accumulator row, register it) + the epilogue's latency:
+        ``3 + Epilogue.latency``.
         """
-        return _STORE_READ_STAGES + self._epilogue.latency
+        return _STORE_COMMAND_STAGES + _STORE_READ_STAGES + self._epilogue.latency
 
     def elaborate(self, platform):
         m = Module()
@@ -327,16 +334,25 @@ class GemmEngine(wiring.Component):
         side_valid = Signal(name="st_side_valid")
         side_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_side_acc")
         side_params = Signal(epilogue_params_layout(cols), name="st_side_params")
-        st_zero = Signal(init=1, name="st_zero")    # st_remaining == 0, as a register: st_cmd.ready is one LUT
+        # The command is registered first: ``st_cmd.ready`` is a register, the command register follows the
+        # payload while nothing is held (its enable does not wait on the STORE unit's valid, which only sets
+        # ``held``), and the read side starts from the held command.
+        held = Signal(name="st_cmd_held")
+        cmd = Signal(store_command_layout(self._acc_depth, self._cols), name="st_cmd_q", reset_less=True)
+        m.d.comb += self.st_cmd.ready.eq(~held)
+        with m.If(~held):
+            m.d.sync += [held.eq(self.st_cmd.valid), cmd.eq(self.st_cmd.payload)]
+        st_zero = Signal(init=1, name="st_zero")    # st_remaining == 0, as a register
         advance = Signal()
         read = Signal()
+        begin = Signal()
         m.d.comb += [
             advance.eq(~rd_valid | ~side_valid),
-            self.st_cmd.ready.eq(st_zero & advance),
+            begin.eq(held & st_zero & advance),
             acc_st.en.eq(advance),
         ]
-        with m.If(self.st_cmd.valid & self.st_cmd.ready):
-            cmd = self.st_cmd.payload
+        with m.If(begin):
+            m.d.sync += held.eq(0)
             m.d.comb += [acc_st.addr.eq(cmd.acc_addr), read.eq(cmd.count != 0)]
             m.d.sync += [st_params.eq(cmd.params), st_addr.eq(cmd.acc_addr + 1)]
             with m.If(cmd.count != 0):
@@ -368,5 +384,5 @@ class GemmEngine(wiring.Component):
             m.d.sync += st_in_flight.eq(st_in_flight + 1)
         with m.Elif(~(read & advance) & out_done):
             m.d.sync += st_in_flight.eq(st_in_flight - 1)
-        m.d.comb += self.st_idle.eq(st_zero & (st_in_flight == 0))
+        m.d.comb += self.st_idle.eq(~held & st_zero & (st_in_flight == 0))
         return m

@@ -27,10 +27,11 @@ facts, each visible from the cycle after it happens, as the registered hardware 
   the last column) and the vectors follow the previous tile's without a gap when they can;
   :attr:`hw.gemm_engine.GemmEngine.pipeline_depth` and :meth:`~hw.gemm_engine.GemmEngine.matmul_latency` give the
   drain;
-* the STORE unit, the engine's STORE side (accumulator read, read-data register and epilogue: a pipeline of
-  :attr:`~hw.gemm_engine.GemmEngine.store_latency` stages, one row each, that squeezes bubbles), the unit's two-row
-  skid buffer and the AXI write path (one command per row, ahead of the data; one bus word per cycle; one B
-  response per cycle; 8 bursts may await B), solved row by row with max-plus recurrences.
+* the STORE unit, the engine's STORE side (command register, accumulator read, read-data register and epilogue:
+  :attr:`~hw.gemm_engine.GemmEngine.store_latency` stages, one row each after the command register, that squeeze
+  bubbles), the unit's two-row skid buffer and the AXI write path (one command per row, ahead of the data; one
+  bus word per cycle; one B response per cycle; 8 bursts may await B), solved row by row with max-plus
+  recurrences.
 
 Token queues carry the push cycles; a pop in cycle ``t`` sees pushes before ``t``. The accelerator is done in the
 first cycle in which the dispatcher has stopped at the HALT and every queue, unit, engine side and bus direction is
@@ -132,6 +133,7 @@ class _Timing:
     load_write: int         # LOAD unit: a row's last beat -> its buffer write (the push comes with the last)
     drain: int              # last vector into the array -> mm_idle (mm_done the cycle before)
     bank_free: int          # last vector of a tile -> its weight bank may be rewritten
+    store_command: int      # engine: STORE command handshake -> its first accumulator read (command register)
     epilogue: int           # rows the epilogue holds (its stages)
     store_start: int        # STORE unit: pop cycle -> engine store command offered
     row_latency: int        # STORE unit: a row's out handshake -> its first word offered
@@ -173,8 +175,10 @@ def _timing(config: HardwareConfig) -> _Timing:
             # min_overlapped_count = rows (loading the bank) + max(its reuse distance, a two-cycle hand-over
             # bound that the COMPUTE unit's weight start always meets, so the max does not matter here).
             bank_free=engine.min_overlapped_count - rows,
-            # store_latency = the accumulator read + the epilogue, one row per stage.
-            epilogue=engine.store_latency - 1,
+            # store_latency = the command register + the accumulator read + the epilogue, one row per stage
+            # after the command register.
+            store_command=engine.store_command_latency,
+            epilogue=engine.store_latency - engine.store_command_latency - 1,
             store_start=store.command_latency - 1,
             row_latency=store.row_latency,
             completion=store.completion_latency,
@@ -494,7 +498,7 @@ class _Model:
             # The epilogue holds `ep` rows; the skid buffer's second register stops `out` until the row before
             # last has left W. (The engine's read-side skid buffer holds one row more, behind a registered ready;
             # that bound on E only binds when W already limits O, so it changes no cycle count.)
-            E = max(E + 1 if r else g + 1, O_hist[r - ep] if r >= ep else never)
+            E = max(E + 1 if r else g + 1 + self.timing.store_command, O_hist[r - ep] if r >= ep else never)
             A = max(E + ep, O + 1)
             O = max(A, F_hist[r - 2] + 1 if r >= 2 else never)
             F_prev = F
