@@ -118,7 +118,9 @@ def hard_block_ceilings(target: str | Target, *, build_dir="build", timeout_s: f
         out[name] = {"what": what, "mapped_to": mapped[0], "fmax_mhz": round(timing["achieved"], 2),
                      "critical_path": None if path is None else
                      {k: path[k] for k in ("start", "end", "delay_ns", "logic_ns", "routing_ns")}}
-    cache.write_text(json.dumps({"key": key, "ceilings": out}, indent=2) + "\n")
+    partial = cache.with_suffix(".tmp")
+    partial.write_text(json.dumps({"key": key, "ceilings": out}, indent=2) + "\n")
+    partial.replace(cache)      # atomic: a concurrent flow reads the old cache or the new one, never half of it
     return out
 
 
