@@ -163,8 +163,14 @@ class Epilogue(wiring.Component):
         advance = [Signal(name=f"{name}_advance") for name in self.STAGES]
         shifted = [self.i.valid, *valid[:-1]]  # what each stage holds next when o.ready is high
         held = [shifted[k] | full_from[k] for k in range(n)]  # ... and when it is low
+        # Both wide ANDs are named signals of registers (and i.valid, a register in the engine) only, so o.ready,
+        # which comes from the STORE unit across the die, meets them in the last LUT before each register.
+        all_shifted = [Signal(name=f"{name}_all_shifted") for name in self.STAGES]
+        all_held = [Signal(name=f"{name}_all_held") for name in self.STAGES]
         for k in range(n):
-            full_next = Mux(self.o.ready, Cat(*shifted[k:]).all(), Cat(*held[k:]).all())
+            m.d.comb += [all_shifted[k].eq(Cat(*shifted[k:]).all()), all_held[k].eq(Cat(*held[k:]).all())]
+        for k in range(n):
+            full_next = Mux(self.o.ready, all_shifted[k], all_held[k])
             m.d.sync += [
                 valid[k].eq(Mux(self.o.ready, shifted[k], held[k])),
                 full_from[k].eq(full_next),

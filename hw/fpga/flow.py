@@ -237,10 +237,16 @@ def _signal_name(cell: str) -> str:
     return re.sub(r"_(TRELLIS_|SB_|CCU2C|MULT18X18D|DP16KD|LUT4|PFUMX|L6MUX21|\$).*$", "", cell) or cell
 
 
+def _in_design(source: str) -> bool:
+    """A source location in the accelerator's own code (``hw/...py``), not in Amaranth's library (its FSM
+    ``with`` blocks point into contextlib) or Yosys's techmap files."""
+    return _relative_source(source).startswith("hw/") and ".py:" in source
+
+
 def _sources(step: dict) -> list[str]:
     sources = step.get("sources", [])
-    python = [s for s in sources if ".py:" in s]
-    return [_relative_source(s) for s in (python or sources)]
+    best = [s for s in sources if _in_design(s)] or [s for s in sources if ".py:" in s] or sources
+    return [_relative_source(s) for s in best]
 
 
 def _critical_path(report: dict, clock: str) -> dict | None:
@@ -251,8 +257,10 @@ def _critical_path(report: dict, clock: str) -> dict | None:
             continue
         steps = entry["path"]
         routing = [s for s in steps if s.get("type") == "routing"]
-        # Prefer nets whose source location is Amaranth code (hw/*.py) over Yosys techmap library locations.
-        sourced = ([s for s in routing if any(".py:" in src for src in s.get("sources", []))]
+        # Prefer nets whose source location is the design's code (hw/*.py), then any Python (Amaranth's library),
+        # over Yosys techmap library locations.
+        sourced = ([s for s in routing if any(_in_design(src) for src in s.get("sources", []))]
+                   or [s for s in routing if any(".py:" in src for src in s.get("sources", []))]
                    or [s for s in routing if s.get("sources")])
         total = sum(s.get("delay", 0.0) for s in steps)
         routing_ns = sum(s.get("delay", 0.0) for s in routing)
