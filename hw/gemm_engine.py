@@ -15,8 +15,9 @@ A_WIDTH = W_WIDTH = 8
 ACC_WIDTH = 32
 #: Accumulator read-modify-write stages after the de-skew: read, register the read data, add and write.
 _RMW_STAGES = 3
-#: STORE stages before the epilogue: read an accumulator row, register it.
+#: STORE command register: the read side starts from a registered command.
 _STORE_COMMAND_STAGES = 1
+#: STORE stages before the epilogue: read an accumulator row, register it.
 _STORE_READ_STAGES = 2
 
 
