@@ -2,10 +2,10 @@
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .axi4_master import read_command_layout, read_data_layout
-from .head_fifo import HeadRegisterFIFO
 from .instruction_layout import INDEX_WIDTH
 from .isa import INSTRUCTION_BITS, INSTRUCTION_BYTES
 
@@ -73,9 +73,7 @@ class InstructionFetch(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         beats = INSTRUCTION_BITS // self._data_width
-        # SyncFIFO's timing with the head in a register: the dispatcher's decode (range checks on the word) starts
-        # at a flop instead of the LUT RAM's read.
-        m.submodules.fifo = fifo = HeadRegisterFIFO(width=fetched_layout().size, depth=self._depth)
+        m.submodules.fifo = fifo = SyncFIFO(width=fetched_layout().size, depth=self._depth)
 
         running = Signal()
         next_addr = Signal(self._addr_width)
