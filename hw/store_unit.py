@@ -297,21 +297,20 @@ class StoreUnit(wiring.Component):
                 m.d.comb += self.push_prev.eq(ins.push_prev & ~droppable)
                 m.next = "IDLE"
             with m.State("PARAMS"):
-                with m.If(droppable):
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += latch_params
-                    m.d.sync += [
-                        row_bytes.eq(ins_row_bytes),
-                        last_k.eq(last_word_of(ins.dram_addr[:obits], ins_row_bytes)),
-                        c_addr.eq(ins.dram_addr), c_left.eq(ins.count), in_left.eq(ins.count),
-                        rows_due.eq(ins.count != 0),
-                        resp_left.eq(ins.count), d_offset.eq(ins.dram_addr[:obits]), k.eq(0), error.eq(0),
-                    ]
-                    m.next = "OFFER"
+                # Loaded unconditionally: everything that reads these registers waits for EXECUTE.
+                m.d.sync += latch_params
+                m.d.sync += [
+                    row_bytes.eq(ins_row_bytes),
+                    last_k.eq(last_word_of(ins.dram_addr[:obits], ins_row_bytes)),
+                    c_addr.eq(ins.dram_addr), c_left.eq(ins.count), in_left.eq(ins.count),
+                    rows_due.eq(ins.count != 0),
+                    resp_left.eq(ins.count), d_offset.eq(ins.dram_addr[:obits]), k.eq(0), error.eq(0),
+                ]
+                m.next = "OFFER"
             with m.State("OFFER"):
-                # The first cycle of the command: the last one in which an abort can still drop the STORE (the
-                # registered decision sees an abort that rose in PARAMS). Once offered, st_cmd stays valid.
+                # The first cycle of the command, and the one abort check after the pop: the registered decision
+                # is sticky within an instruction, so it covers an abort that rose up to PARAMS. Once offered,
+                # st_cmd stays valid.
                 with m.If(droppable):
                     m.next = "IDLE"
                 with m.Else():

@@ -36,7 +36,8 @@ module top(input clk, input sdi, output sdo);
   always @(posedge clk) sr <= {sr[46:0], sdi};
 """
 
-#: Probe name -> (what it measures, Verilog). Both read their operands from flops and end in a flop.
+#: Probe -> (what it measures, Verilog); a probe is named after the resource kind it must map to
+#: (:data:`hw.fpga.targets.RESOURCE_KINDS`). Both read their operands from flops and end in a flop.
 PROBES = {
     "bram": ("block RAM read into a flop", _SHIFT_IN + """\
   (* ram_style = "block", no_rw_check *) reg [15:0] mem [0:255];
@@ -64,9 +65,6 @@ endmodule
 """),
 }
 
-_BLOCK = {"bram": "bram", "dsp": "dsp"}     # probe -> the resource kind it must map to
-
-
 def _cache_key(tgt: Target) -> str:
     from .flow import tool_versions
     digest = hashlib.sha256(json.dumps([tgt.name, tgt.synth_command, tgt.nextpnr_args, tgt.default_mhz,
@@ -80,7 +78,7 @@ def hard_block_ceilings(target: str | Target, *, build_dir="build", timeout_s: f
     Returns ``{probe: {"what", "mapped_to", "fmax_mhz", "critical_path"}}``; a probe whose block the target lacks
     (the iCE40 HX8K has no DSP blocks) is left out. Raises :class:`hw.fpga.flow.FlowError` if a tool fails.
     """
-    from .flow import FlowError, _critical_path, _run
+    from .flow import FlowError, _critical_path, _run, worst_clock
     tgt = get_target(target) if isinstance(target, str) else target
     root = Path(build_dir) / "fpga" / "ceilings"
     root.mkdir(parents=True, exist_ok=True)
@@ -94,8 +92,7 @@ def hard_block_ceilings(target: str | Target, *, build_dir="build", timeout_s: f
         pass
     out = {}
     for name, (what, source) in PROBES.items():
-        kind = _BLOCK[name]
-        resource = tgt.resources[kind]
+        resource = tgt.resources[name]
         if not resource.available:
             continue
         work = root / f"{tgt.name}-{name}"
@@ -113,7 +110,7 @@ def hard_block_ceilings(target: str | Target, *, build_dir="build", timeout_s: f
                 "--report", "report.json", "--timing-allow-fail"]
         _run(tgt.nextpnr_tool, args, cwd=work, log=work / "nextpnr.log", timeout_s=timeout_s)
         report = json.loads((work / "report.json").read_text())
-        clock, timing = min(report["fmax"].items(), key=lambda item: item[1]["achieved"])
+        clock, timing = worst_clock(report)
         path = _critical_path(report, clock)
         out[name] = {"what": what, "mapped_to": mapped[0], "fmax_mhz": round(timing["achieved"], 2),
                      "critical_path": None if path is None else
@@ -139,7 +136,7 @@ def limits_text(report: dict) -> list[str]:
         lines.append(f"the design's critical path, {path['start_signal']} -> {path['end_signal']}: "
                      f"{path['delay_ns']:.2f} ns, {share:.0%} of it routing")
     for name, ceiling in sorted((report.get("ceilings") or {}).items()):
-        used = (report.get("resources") or {}).get(_BLOCK[name], {}).get("count", 0)
+        used = (report.get("resources") or {}).get(name, {}).get("count", 0)
         if used and ceiling["fmax_mhz"] < report["constraint_mhz"]:
             lines.append(f"a {ceiling['what']} alone ({ceiling['mapped_to']} as Yosys maps it) reaches only "
                          f"{ceiling['fmax_mhz']:.1f} MHz on this target")

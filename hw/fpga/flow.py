@@ -32,7 +32,8 @@ from .pin_ring import PinRing
 from .targets import DEFAULT_TARGET, RESOURCE_KINDS, TARGETS, Target, get_target
 
 __all__ = ["DESIGNS", "DEFAULT_DESIGN", "FlowError", "ToolMissing", "DoesNotFit", "build_design", "config_label",
-           "synthesize", "tool_versions", "check_fit", "parse_pnr_report", "parse_pnr_overflow", "report_path"]
+           "synthesize", "tool_versions", "check_fit", "parse_pnr_report", "parse_pnr_overflow", "report_path",
+           "resources_known", "worst_clock"]
 
 #: Designs the flow can build; each maps to a constructor taking rows, cols and optional acc_depth.
 DESIGNS = ("accelerator", "engine")
@@ -293,10 +294,7 @@ def parse_pnr_report(report: dict, target: Target, yosys_cells: dict[str, int]) 
         else:
             used, available, source = resource.yosys_count(yosys_cells), resource.available, "yosys"
         resources[kind] = _resource_entry(resource, used, available, source)
-    fmax = report.get("fmax", {})
-    if not fmax:
-        raise FlowError("nextpnr's report has no Fmax entry: the design has no clocked logic on 'clk'")
-    clock, timing = min(fmax.items(), key=lambda item: item[1]["achieved"])
+    clock, timing = worst_clock(report)
     return {
         "resources": resources,
         "clock_net": clock,
@@ -305,6 +303,14 @@ def parse_pnr_report(report: dict, target: Target, yosys_cells: dict[str, int]) 
         "timing_met": timing["achieved"] >= timing["constraint"],
         "critical_path": _critical_path(report, clock),
     }
+
+
+def worst_clock(report: dict) -> tuple[str, dict]:
+    """The clock net with the lowest achieved Fmax in a nextpnr ``--report``, and its ``fmax`` entry."""
+    fmax = report.get("fmax", {})
+    if not fmax:
+        raise FlowError("nextpnr's report has no Fmax entry: the design has no clocked logic on 'clk'")
+    return min(fmax.items(), key=lambda item: item[1]["achieved"])
 
 
 def _resource_entry(resource, used, available, source):
