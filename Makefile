@@ -15,6 +15,10 @@ PYTEST_WORKERS ?= 2
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 3600
+# nextpnr router for synth/scaling (empty: nextpnr's default, router1); DSP_PES: PEs on DSP blocks (auto: 0 up to 8x8)
+ROUTER ?=
+DSP_PES ?= auto
+FPGA_OPTS = --dsp-pes $(DSP_PES) $(if $(ROUTER),--router $(ROUTER),)
 BACKEND ?= verilator
 N ?= 300
 BATCH ?= 32
@@ -67,13 +71,13 @@ bench: $(STAMP)
 	$(PY) -m sim.bench --rows $(ROWS) --cols $(COLS) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES)) $(if $(IMAGES),--images $(IMAGES)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(QUICK),--quick)
 
 synth: $(STAMP)
-	$(PY) -m hw.fpga synth --target $(TARGET) --rows $(ROWS) --cols $(COLS)
+	$(PY) -m hw.fpga synth --target $(TARGET) --rows $(ROWS) --cols $(COLS) $(FPGA_OPTS)
 
 lint: $(STAMP)
 	$(PY) -m hw.fpga lint --rows $(ROWS) --cols $(COLS)
 
 scaling: $(STAMP)
-	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET) --reuse --timeout $(PNR_TIMEOUT) \
+	$(PY) -m hw.fpga scaling --sizes $(SIZES) --target $(TARGET) --reuse --timeout $(PNR_TIMEOUT) $(FPGA_OPTS) \
 		--cycles-per-image sw.perf:mnist_cycles_per_image
 
 clean:

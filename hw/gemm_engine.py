@@ -64,6 +64,9 @@ class GemmEngine(wiring.Component):
         Systolic array size.
     acc_depth : int
         Accumulator rows (a power of two); each row holds ``cols`` int32 values.
+    dsp_pes : int
+        PEs whose multiplier is a DSP block (see :class:`~hw.systolic_array.SystolicArray`); no effect on timing or
+        results (default 0).
 
     Members
     -------
@@ -86,13 +89,13 @@ class GemmEngine(wiring.Component):
     command handshake and one row per cycle follows while ``out`` is ready. All streams honour back-pressure.
     """
 
-    def __init__(self, *, rows=8, cols=8, acc_depth=512):
+    def __init__(self, *, rows=8, cols=8, acc_depth=512, dsp_pes=0):
         check_array_size(rows, cols)
         self._addr_width = _address_width(acc_depth)
         self._rows, self._cols, self._acc_depth = rows, cols, acc_depth
         self._epilogue = Epilogue(cols=cols)
         self._array = SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH,
-                                    acc_width=self.psum_width)
+                                    acc_width=self.psum_width, dsp_pes=dsp_pes)
         super().__init__({
             "mm_cmd": In(stream.Signature(matmul_command_layout(acc_depth))),
             "weights": In(stream.Signature(data.ArrayLayout(signed(W_WIDTH), cols))),

@@ -4,7 +4,11 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ProcessingElement", "activation_token", "check_widths", "partial_products"]
+__all__ = ["MULTIPLIERS", "ProcessingElement", "activation_token", "check_widths", "partial_products"]
+
+#: How a PE builds its product: ``"fabric"`` (partial products in LUTs and carry chains) or ``"dsp"`` (an inferred
+#: ``$mul`` that Yosys maps to a DSP block).
+MULTIPLIERS = ("fabric", "dsp")
 
 
 def check_widths(a_width, w_width, acc_width):
@@ -75,6 +79,8 @@ class ProcessingElement(wiring.Component):
         Signed activation and weight widths (8 for int8).
     acc_width : int
         Signed partial-sum width; must hold at least one full product. Sums wrap modulo ``2**acc_width``.
+    multiplier : str
+        ``"fabric"`` (default) or ``"dsp"``, see above.
 
     Members
     -------
@@ -101,9 +107,12 @@ class ProcessingElement(wiring.Component):
     #: register; ``psum_in`` joins in the last stage.
     STAGES = ("select", "partial", "half", "multiply", "accumulate")
 
-    def __init__(self, *, a_width=8, w_width=8, acc_width=32):
+    def __init__(self, *, a_width=8, w_width=8, acc_width=32, multiplier="fabric"):
         check_widths(a_width, w_width, acc_width)
+        if multiplier not in MULTIPLIERS:
+            raise ValueError(f"PE multiplier must be one of {', '.join(map(repr, MULTIPLIERS))}, not {multiplier!r}")
         self._a_width, self._w_width, self._acc_width = a_width, w_width, acc_width
+        self._multiplier = multiplier
         token = activation_token(a_width)
         super().__init__({
             "a_in": In(token),
@@ -118,6 +127,7 @@ class ProcessingElement(wiring.Component):
     a_width = property(lambda self: self._a_width)
     w_width = property(lambda self: self._w_width)
     acc_width = property(lambda self: self._acc_width)
+    multiplier = property(lambda self: self._multiplier)
 
     @property
     def latency(self):
@@ -155,6 +165,14 @@ class ProcessingElement(wiring.Component):
             self.a_out.eq(self.a_in),
             weight.eq(Mux(self.a_in.bank, weights[1], weights[0])),
         ]
+        product = Signal(signed(self._a_width + self._w_width))
+        if self._multiplier == "dsp":
+            # partial: the whole product from one multiplier between registers; half, multiply: two delay stages
+            partial = Signal.like(product, name="product_partial")
+            half = Signal.like(product, name="product_half")
+            m.d.sync += [partial.eq(self.a_out.data * weight), half.eq(partial), product.eq(half)]
+            m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])
+            return m
         # partial: the weight's bits taken two at a time, each pair one carry chain
         pairs = []
         for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
@@ -170,7 +188,6 @@ class ProcessingElement(wiring.Component):
             m.d.sync += half.eq(value)
             halves.append((shift, half))
         # multiply: the halves added into the product (one carry chain for an 8-bit weight: two halves)
-        product = Signal(signed(self._a_width + self._w_width))
         m.d.sync += product.eq(sum(half << shift for shift, half in halves))
         # accumulate
         m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])

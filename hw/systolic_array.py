@@ -6,13 +6,19 @@ from amaranth.lib.wiring import In, Out
 
 from .pe import ProcessingElement, activation_token, check_widths
 
-__all__ = ["SystolicArray", "check_array_size"]
+__all__ = ["SystolicArray", "check_array_size", "check_dsp_pes"]
 
 
 def check_array_size(rows, cols):
     for name, value in (("Row count", rows), ("Column count", cols)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+def check_dsp_pes(dsp_pes, rows, cols):
+    """Validate the number of PEs whose multiplier is a DSP block: an integer from 0 to ``rows * cols``."""
+    if not isinstance(dsp_pes, int) or isinstance(dsp_pes, bool) or not 0 <= dsp_pes <= rows * cols:
+        raise ValueError(f"DSP PE count must be an integer from 0 to rows * cols = {rows * cols}, not {dsp_pes!r}")
 
 
 class SystolicArray(wiring.Component):
@@ -41,6 +47,11 @@ class SystolicArray(wiring.Component):
         Array size. ``rows`` is the reduction (K) depth of one pass, ``cols`` the number of output channels.
     a_width, w_width, acc_width : int
         Operand and partial-sum widths (see :class:`ProcessingElement`).
+    dsp_pes : int
+        How many PEs build their product on a DSP block (``multiplier="dsp"``) instead of in the fabric: the first
+        ``dsp_pes`` in row-major order, so whole rows of them chain along the device's DSP rows. Timing and results
+        do not change; the FPGA flow sets it to the DSP blocks the epilogue leaves over when an array is too large
+        for the fabric (default 0).
 
     Members
     -------
@@ -55,13 +66,16 @@ class SystolicArray(wiring.Component):
     Throughput: one activation vector per cycle; ``rows * cols`` MACs per cycle. No flow control.
     """
 
-    def __init__(self, *, rows, cols, a_width=8, w_width=8, acc_width=32):
+    def __init__(self, *, rows, cols, a_width=8, w_width=8, acc_width=32, dsp_pes=0):
         check_array_size(rows, cols)
         check_widths(a_width, w_width, acc_width)
+        check_dsp_pes(dsp_pes, rows, cols)
         self._rows, self._cols = rows, cols
         self._a_width, self._w_width, self._acc_width = a_width, w_width, acc_width
-        self._pes = [[ProcessingElement(a_width=a_width, w_width=w_width, acc_width=acc_width)
-                      for _ in range(cols)] for _ in range(rows)]
+        self._dsp_pes = dsp_pes
+        self._pes = [[ProcessingElement(a_width=a_width, w_width=w_width, acc_width=acc_width,
+                                        multiplier="dsp" if r * cols + c < dsp_pes else "fabric")
+                      for c in range(cols)] for r in range(rows)]
         super().__init__({
             "a_in": In(data.ArrayLayout(activation_token(a_width), rows)),
             "psum_out": Out(data.ArrayLayout(signed(acc_width), cols)),
@@ -74,6 +88,7 @@ class SystolicArray(wiring.Component):
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)
     acc_width = property(lambda self: self._acc_width)
+    dsp_pes = property(lambda self: self._dsp_pes)
 
     @property
     def row_skew(self):

@@ -13,10 +13,22 @@ from .flow import DEFAULT_DESIGN, DESIGNS, DoesNotFit, FlowError, synthesize
 from .targets import DEFAULT_TARGET, TARGETS
 
 
+def _dsp_pes(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', not {text!r}") from None
+
+
 def _common(parser, *, target=True):
     parser.add_argument("--design", choices=DESIGNS, default=DEFAULT_DESIGN,
                         help=f"what to build (default {DEFAULT_DESIGN})")
     parser.add_argument("--acc-depth", type=int, default=None, help="accumulator rows (default: the design's)")
+    parser.add_argument("--dsp-pes", type=_dsp_pes, default="auto" if target else 0,
+                        help="PEs whose multiplier is a DSP block: an integer or 'auto' (default: 0 up to 8x8, else "
+                             "the DSP blocks the epilogue leaves over)")
     parser.add_argument("--build-dir", default="build", help="root of build/fpga and build/reports (default build)")
     if target:
         parser.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
@@ -72,7 +84,7 @@ def main(argv=None) -> int:
             from .lint import DEFAULT_WAIVERS, LintFailed, lint
             try:
                 result = lint(design=args.design, rows=args.rows, cols=args.cols, acc_depth=args.acc_depth,
-                              waivers=args.waivers or DEFAULT_WAIVERS, build_dir=args.build_dir)
+                              dsp_pes=args.dsp_pes, waivers=args.waivers or DEFAULT_WAIVERS, build_dir=args.build_dir)
             except LintFailed as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
@@ -81,7 +93,8 @@ def main(argv=None) -> int:
                 return 1
             print(f"lint clean: {result['verilog']} ({result['command']})")
             return 0
-        flow_args = dict(target=args.target, design=args.design, acc_depth=args.acc_depth, freq_mhz=args.freq,
+        flow_args = dict(target=args.target, design=args.design, acc_depth=args.acc_depth, dsp_pes=args.dsp_pes,
+                         freq_mhz=args.freq,
                          seed=args.seed, abc9_dff=args.abc9_dff, router=args.router, bitstream=not args.no_bitstream,
                          build_dir=args.build_dir, timeout_s=args.timeout, reuse=args.reuse, log=say)
         if args.command == "synth":

@@ -33,7 +33,7 @@ from .targets import DEFAULT_TARGET, RESOURCE_KINDS, TARGETS, Target, get_target
 
 __all__ = ["DESIGNS", "DEFAULT_DESIGN", "FlowError", "ToolMissing", "DoesNotFit", "build_design", "config_label",
            "synthesize", "tool_versions", "check_fit", "parse_pnr_report", "parse_pnr_overflow", "report_path",
-           "resources_known", "worst_clock"]
+           "resources_known", "worst_clock", "auto_dsp_pes", "resolve_dsp_pes"]
 
 #: Designs the flow can build; each maps to a constructor taking rows, cols and optional acc_depth.
 DESIGNS = ("accelerator", "engine")
@@ -72,9 +72,39 @@ class DoesNotFit(FlowError):
 # ---------------------------------------------------------------------------------------------------------------
 # Designs
 
-def build_design(design: str = DEFAULT_DESIGN, *, rows: int = 8, cols: int = 8, acc_depth: int | None = None):
+#: DSP blocks the epilogue's 32 x 32-bit requantization product takes per column (four 18x18 / 16x16 pieces).
+EPILOGUE_DSPS_PER_COLUMN = 4
+#: Arrays of up to this many PEs keep every multiplier in the fabric (``dsp_pes="auto"``): an 8x8 accelerator
+#: takes 37% of an ECP5-85k's LUTs, and fabric multipliers place next to their neighbours instead of being pulled
+#: onto the device's few DSP rows.
+FABRIC_ONLY_PES = 64
+
+
+def auto_dsp_pes(target: str | Target, rows: int, cols: int) -> int:
+    """The ``dsp_pes`` that ``"auto"`` means: 0 up to :data:`FABRIC_ONLY_PES` PEs, else as many PEs as the DSP
+    blocks left over by the epilogue can hold (a 16x16 array on an ECP5-85k: 156 - 16 * 4 = 92 PEs), which takes
+    about 140 LUT4s off each of them (a fabric-only 16x16 fills 97.6% of the LUTs and does not place)."""
+    tgt = get_target(target) if isinstance(target, str) else target
+    dsp = tgt.resources.get("dsp")
+    if rows * cols <= FABRIC_ONLY_PES or dsp is None:
+        return 0
+    return max(0, min(rows * cols, dsp.available - EPILOGUE_DSPS_PER_COLUMN * cols))
+
+
+def resolve_dsp_pes(dsp_pes, target, rows: int, cols: int) -> int:
+    """``dsp_pes`` as an integer: ``"auto"`` (or None) through :func:`auto_dsp_pes`, an integer as it is."""
+    if dsp_pes is None or dsp_pes == "auto":
+        return auto_dsp_pes(target, rows, cols)
+    if not isinstance(dsp_pes, int) or isinstance(dsp_pes, bool):
+        raise ValueError(f"DSP PE count must be an integer or 'auto', not {dsp_pes!r}")
+    return dsp_pes
+
+
+def build_design(design: str = DEFAULT_DESIGN, *, rows: int = 8, cols: int = 8, acc_depth: int | None = None,
+                 dsp_pes: int = 0):
     """Construct the named design (``"accelerator"`` or ``"engine"``) with its own parameter validation."""
     extra = {} if acc_depth is None else {"acc_depth": acc_depth}
+    extra["dsp_pes"] = dsp_pes
     if design == "engine":
         from ..gemm_engine import GemmEngine
         return GemmEngine(rows=rows, cols=cols, **extra)
@@ -323,7 +353,8 @@ def _resource_entry(resource, used, available, source):
 # The flow
 
 def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8,
-               acc_depth: int | None = None, freq_mhz: float | None = None, seed: int = 1, abc9_dff: bool = False,
+               acc_depth: int | None = None, dsp_pes: int | str = "auto", freq_mhz: float | None = None,
+               seed: int = 1, abc9_dff: bool = False,
                bitstream: bool = True, build_dir: str | os.PathLike = "build", timeout_s: float = 3600.0,
                precheck: bool = True, router: str | None = None, reuse: bool = False, log=None) -> dict:
     """Run the whole flow for one configuration; return the report (also written to :func:`report_path`).
@@ -333,7 +364,10 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     target : str
         A key of :data:`~hw.fpga.targets.TARGETS`.
     design : str
-        ``"accelerator"`` or ``"engine"``; ``rows``, ``cols`` and ``acc_depth`` go to its constructor.
+        ``"accelerator"`` or ``"engine"``; ``rows``, ``cols``, ``acc_depth`` and ``dsp_pes`` go to its constructor.
+    dsp_pes : int or "auto"
+        PEs whose multiplier is a DSP block; ``"auto"`` (default): :func:`auto_dsp_pes` (0 up to 8x8; for larger
+        arrays the DSP blocks the epilogue leaves over). Recorded in the report.
     freq_mhz : float, optional
         Clock constraint on ``clk`` for nextpnr; the target's default (150 MHz ECP5, 50 MHz iCE40) if None.
         Fmax is reported whether or not it is met.
@@ -376,7 +410,9 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         raise ValueError(f"Placement seed must be a non-negative integer, not {seed!r}")
     if router not in (None, "router1", "router2"):
         raise ValueError(f"nextpnr router must be 'router1' or 'router2', not {router!r}")
-    component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth)  # validates rows/cols/acc_depth
+    dsp_pes = resolve_dsp_pes(dsp_pes, tgt, rows, cols)
+    component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth,  # validates the parameters
+                             dsp_pes=dsp_pes)
     label = config_label(design, rows, cols)
     config = f"{rows}x{cols} {design}"
     build_dir = Path(build_dir)
@@ -408,7 +444,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
 
     report = {
         "design": design, "target": target, "device": tgt.device, "package": tgt.package,
-        "rows": rows, "cols": cols, "acc_depth": acc_depth, "seed": seed, "abc9_dff": abc9_dff,
+        "rows": rows, "cols": cols, "acc_depth": acc_depth, "dsp_pes": dsp_pes, "seed": seed, "abc9_dff": abc9_dff,
         "router": router or "router1",
         "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
                      "flops": ring.flop_count},

@@ -25,7 +25,7 @@ from .targets import DEFAULT_TARGET, RESOURCE_KINDS, get_target
 __all__ = ["format_table", "parse_sizes", "load_callable", "run_scaling", "write_scaling", "SCALING_COLUMNS"]
 
 SCALING_COLUMNS = (
-    "rows", "cols", "fits",
+    "rows", "cols", "dsp_pes", "router", "fits",
     *[f"{kind}{suffix}" for kind in RESOURCE_KINDS for suffix in ("", "_available", "_pct")],
     "fmax_mhz", "timing_met", "critical_start", "critical_end", "critical_delay_ns",
     "cycles_per_image", "images_per_s", "macs_per_dsp_cycle", "wall_time_s", "report", "error",
@@ -34,8 +34,10 @@ SCALING_COLUMNS = (
 
 def format_table(report: dict) -> str:
     """A human-readable summary of one synthesis report (what ``python -m hw.fpga synth`` prints)."""
+    dsp_pes = report.get("dsp_pes") or 0
+    pes = f", {dsp_pes} of {report['rows'] * report['cols']} PE multipliers on DSP blocks" if dsp_pes else ""
     head = (f"{report['rows']}x{report['cols']} {report['design']} on {report['target']} "
-            f"({report['device']}, {report['package']})")
+            f"({report['device']}, {report['package']}{pes})")
     lines = [head, "-" * len(head), f"{'resource':34} {'used':>8} {'available':>10} {'util':>8}"]
     for kind in RESOURCE_KINDS:
         entry = report["resources"][kind]
@@ -96,7 +98,8 @@ def load_callable(spec: str) -> Callable:
 
 
 def _row(report: dict, cycles_per_image) -> dict:
-    row = {"rows": report["rows"], "cols": report["cols"], "fits": report.get("fits", True)}
+    row = {"rows": report["rows"], "cols": report["cols"], "dsp_pes": report.get("dsp_pes", 0),
+           "router": report.get("router"), "fits": report.get("fits", True)}
     for kind in RESOURCE_KINDS:
         entry = report["resources"][kind]
         row.update({kind: entry["count"], f"{kind}_available": entry["available"],
@@ -166,7 +169,7 @@ def _plot(rows, *, target, design, path):
     matplotlib.use("Agg")  # no display; deterministic output
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['rows']}x{r['cols']}" for r in rows]
+    labels = [f"{r['rows']}x{r['cols']}" + (f"\n{r['dsp_pes']} DSP PEs" if r.get("dsp_pes") else "") for r in rows]
     x = list(range(len(rows)))
     throughput = any(r.get("images_per_s") for r in rows)
     fig, axes = plt.subplots(1, 3 if throughput else 2, figsize=(13 if throughput else 9, 4))

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from hw.fpga.__main__ import main
-from hw.fpga.flow import (DoesNotFit, _reusable, _table_complete, build_design, check_fit, config_label,
-                          parse_pnr_overflow, report_path, resources_known, synthesize)
+from hw.fpga.flow import (EPILOGUE_DSPS_PER_COLUMN, DoesNotFit, _reusable, _table_complete, auto_dsp_pes,
+                          build_design, check_fit, config_label, parse_pnr_overflow, report_path, resolve_dsp_pes,
+                          resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
 
@@ -66,7 +67,8 @@ def check_report(report, *, target, design, rows, cols):
 
 @pytest.fixture(scope="module")
 def ecp5_report(tmp_path_factory):
-    return synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2,
+    # The one PE takes the DSP multiplier, so the flow shows it mapped to a block (the iCE40 run keeps the fabric's).
+    return synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2, dsp_pes=1,
                       build_dir=tmp_path_factory.mktemp("ecp5"))
 
 
@@ -74,8 +76,8 @@ def test_reuse_skips_an_unchanged_configuration(ecp5_report):
     build_dir = Path(ecp5_report["build_dir"]).parent.parent
     log = Path(ecp5_report["logs"]["nextpnr"])
     before = log.stat().st_mtime_ns
-    again = synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2, build_dir=build_dir,
-                       reuse=True)
+    again = synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2, dsp_pes=1,
+                       build_dir=build_dir, reuse=True)
     assert again == ecp5_report and log.stat().st_mtime_ns == before
     report = Path(ecp5_report["report_path"])
     key = ecp5_report["inputs_sha256"]
@@ -91,7 +93,10 @@ def test_reuse_skips_an_unchanged_configuration(ecp5_report):
 
 def test_ecp5_flow(ecp5_report):
     check_report(ecp5_report, target="ecp5-25k", design="engine", rows=1, cols=1)
-    assert ecp5_report["resources"]["dsp"]["count"] >= 1  # the epilogue's partial products use MULT18X18Ds
+    # The epilogue's requantization product takes EPILOGUE_DSPS_PER_COLUMN MULT18X18Ds, the DSP PE one more.
+    assert ecp5_report["dsp_pes"] == 1
+    assert ecp5_report["yosys_cells"]["MULT18X18D"] == EPILOGUE_DSPS_PER_COLUMN * 1 + 1
+    assert ecp5_report["resources"]["dsp"]["count"] == EPILOGUE_DSPS_PER_COLUMN * 1 + 1
     assert ecp5_report["resources"]["ffs"]["source"] == "nextpnr"
     assert Path(ecp5_report["build_dir"]).name == "ecp5-25k-1x1-engine"
     assert 'FREQUENCY PORT "clk" 150 MHz;' in (Path(ecp5_report["build_dir"]) / "top.lpf").read_text()
@@ -108,6 +113,7 @@ def test_ice40_flow_through_cli(tmp_path, capsys):
     check_report(report, target="ice40-up5k", design="engine", rows=1, cols=1)
     assert report["resources"]["ffs"]["source"] == "yosys"  # iCE40 flops live in logic cells
     assert report["resources"]["dsp"]["count"] == report["yosys_cells"]["SB_MAC16"]
+    assert report["dsp_pes"] == 0   # "auto" keeps a small array's multipliers in the fabric
     assert "ICESTORM_LC" in out and f"{report['fmax_mhz']:.2f} MHz" in out
 
 
@@ -184,6 +190,22 @@ def test_scaling_files(ecp5_report, tmp_path):
     assert json.loads(Path(paths["json"]).read_text())["rows"] == rows
 
 
+def test_auto_dsp_pes():
+    # Up to 8x8 every multiplier stays in the fabric; a larger array takes the DSP blocks the epilogue leaves over.
+    assert auto_dsp_pes("ecp5-85k", 8, 8) == 0
+    spare = TARGETS["ecp5-85k"].resources["dsp"].available - EPILOGUE_DSPS_PER_COLUMN * 16
+    assert auto_dsp_pes("ecp5-85k", 16, 16) == spare == 92
+    assert auto_dsp_pes("ecp5-85k", 9, 9) == 81                       # all of them when they fit
+    assert auto_dsp_pes("ecp5-25k", 16, 16) == 0                      # the epilogue alone needs more than there are
+    assert resolve_dsp_pes("auto", "ecp5-85k", 16, 16) == resolve_dsp_pes(None, "ecp5-85k", 16, 16) == 92
+    assert resolve_dsp_pes(7, "ecp5-85k", 16, 16) == 7
+    with pytest.raises(ValueError, match="DSP PE count must be an integer or 'auto', not 'many'"):
+        resolve_dsp_pes("many", "ecp5-85k", 4, 4)
+    with pytest.raises(ValueError, match=r"DSP PE count must be an integer from 0 to rows \* cols = 4, not 5"):
+        build_design("accelerator", rows=2, cols=2, dsp_pes=5)
+    assert build_design("engine", rows=2, cols=2, dsp_pes=3)._array.dsp_pes == 3
+
+
 def test_bad_arguments(capsys):
     with pytest.raises(ValueError, match=r"FPGA target must be one of ecp5-85k, ecp5-25k, ice40-hx8k, ice40-up5k, "
                                          r"not 'xc7'"):
@@ -198,3 +220,8 @@ def test_bad_arguments(capsys):
     assert config_label("accelerator", 8, 8) == "8x8" and config_label("engine", 4, 2) == "4x2-engine"
     assert main(["synth", "--design", "engine", "--rows", "0"]) == 2
     assert "Row count must be a positive integer, not 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synth", "--dsp-pes", "lots"])
+    assert "expected an integer or 'auto', not 'lots'" in capsys.readouterr().err
+    assert main(["synth", "--design", "engine", "--rows", "2", "--cols", "2", "--dsp-pes", "9"]) == 2
+    assert "DSP PE count must be an integer from 0 to rows * cols = 4, not 9" in capsys.readouterr().err

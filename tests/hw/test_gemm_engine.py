@@ -12,9 +12,9 @@ from sim.arith import INT32_MAX, INT32_MIN
 from sim.engine_ref import MatmulOp, StoreOp, check_plan, pack_params, ref_engine
 
 
-def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0):
+def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0):
     """Run the command list on the RTL with the dependency rules of the engine; returns the STORE output rows."""
-    dut = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth)
+    dut = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=dsp_pes)
     st_layout = store_command_layout(acc_depth, cols)
     matmuls = [op for op in ops if isinstance(op, MatmulOp)]
     stores = [op for op in ops if isinstance(op, StoreOp)]
@@ -71,16 +71,17 @@ def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0):
 
 
 CASES = [
-    # rows, cols, acc_depth, M, K, N, raw, prob, seed
-    (1, 1, 8, 3, 2, 2, False, 1.0, 1),
-    (2, 3, 16, 7, 5, 4, False, 0.6, 2),
-    (3, 2, 16, 9, 7, 5, True, 0.6, 3),
-    (4, 4, 32, 20, 9, 6, False, 1.0, 4),
+    # rows, cols, acc_depth, M, K, N, raw, prob, seed, dsp_pes (PEs with the DSP multiplier, row-major)
+    (1, 1, 8, 3, 2, 2, False, 1.0, 1, 0),
+    (2, 3, 16, 7, 5, 4, False, 0.6, 2, 0),
+    (3, 2, 16, 9, 7, 5, True, 0.6, 3, 0),
+    (4, 4, 32, 20, 9, 6, False, 1.0, 4, 0),
+    (4, 4, 32, 20, 9, 6, False, 0.6, 5, 9),
 ]
 
 
-@pytest.mark.parametrize("rows,cols,acc_depth,m,k,n,raw,prob,seed", CASES)
-def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed):
+@pytest.mark.parametrize("rows,cols,acc_depth,m,k,n,raw,prob,seed,dsp_pes", CASES)
+def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed, dsp_pes):
     rng = np.random.default_rng(seed)
     a = rng.integers(-128, 128, size=(m, k), dtype=np.int64)
     w = rng.integers(-128, 128, size=(k, n), dtype=np.int64)
@@ -93,10 +94,12 @@ def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed):
                                      acc_depth=acc_depth)
     np.testing.assert_array_equal(golden, direct)  # the schedule itself is right
     want = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
-    got = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed, prob=prob)
+    got = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed, prob=prob, dsp_pes=dsp_pes)
+    assert len(got) == len(want)
     for j, (g, w_) in enumerate(zip(got, want)):
+        assert g.shape == w_.shape, f"seed {seed}: store {j} shape {g.shape} want {w_.shape}"
         bad = np.argwhere(g != w_)
-        assert bad.size == 0, (f"seed {seed}: store {j} first mismatch at row {bad[0][0]} col {bad[0][1]}: "
+        assert bad.size == 0, (f"seed {seed} ({dsp_pes} DSP PEs): store {j} first mismatch at row {bad[0][0]} col {bad[0][1]}: "
                                f"got {g[tuple(bad[0])]} want {w_[tuple(bad[0])]}")
 
 

@@ -25,10 +25,12 @@ def test_every_waiver_has_a_reason():
     assert rules, "the waiver file waives nothing"
 
 
-@pytest.mark.parametrize("design,rows,cols", [("engine", 1, 1), ("engine", 2, 3), ("accelerator", 2, 2)])
-def test_lint_clean(design, rows, cols, tmp_path):
-    result = lint(design=design, rows=rows, cols=cols, build_dir=tmp_path)
-    assert result["messages"] == []
+@pytest.mark.parametrize("design,rows,cols,dsp_pes", [("engine", 1, 1, 0), ("engine", 2, 3, 0),
+                                                     ("accelerator", 2, 2, 0), ("engine", 2, 3, 4)])
+def test_lint_clean(design, rows, cols, dsp_pes, tmp_path):
+    # The last case mixes DSP and fabric PEs (the multiplier large arrays use on the spare DSP blocks).
+    result = lint(design=design, rows=rows, cols=cols, dsp_pes=dsp_pes, build_dir=tmp_path)
+    assert result["messages"] == [] and result["dsp_pes"] == dsp_pes
     assert "-Wall" in result["command"] and str(DEFAULT_WAIVERS) in result["command"]
 
 

@@ -1,11 +1,11 @@
 """ProcessingElement: cycle-by-cycle against a Python model of the five-stage pipeline, both banks, wrapping,
-narrow widths, measured latencies, validation."""
+narrow widths, measured latencies, validation - for both multipliers (fabric partial products and DSP)."""
 
 import random
 
 import pytest
 
-from hw.pe import ProcessingElement
+from hw.pe import MULTIPLIERS, ProcessingElement
 from sim.amaranth_helpers import run_simulation
 
 
@@ -33,8 +33,8 @@ def ref_pe(steps, *, a_width=8, w_width=8, acc_width=32, psum_skew=2):
     return out
 
 
-def rtl_pe(steps, *, a_width=8, w_width=8, acc_width=32):
-    dut = ProcessingElement(a_width=a_width, w_width=w_width, acc_width=acc_width)
+def rtl_pe(steps, *, a_width=8, w_width=8, acc_width=32, multiplier="fabric"):
+    dut = ProcessingElement(a_width=a_width, w_width=w_width, acc_width=acc_width, multiplier=multiplier)
     out = []
 
     async def tb(ctx):
@@ -53,8 +53,9 @@ def rtl_pe(steps, *, a_width=8, w_width=8, acc_width=32):
     return out
 
 
+@pytest.mark.parametrize("multiplier", MULTIPLIERS)
 @pytest.mark.parametrize("a_width,w_width,acc_width", [(8, 8, 32), (8, 8, 16), (4, 6, 10), (5, 5, 12), (3, 1, 4)])
-def test_pe_random(a_width, w_width, acc_width):
+def test_pe_random(a_width, w_width, acc_width, multiplier):
     seed = a_width * 1000 + acc_width
     rng = random.Random(seed)
     amin, amax = -(1 << (a_width - 1)), (1 << (a_width - 1)) - 1
@@ -68,42 +69,47 @@ def test_pe_random(a_width, w_width, acc_width):
         steps.append((a, rng.randint(0, 1), psum, write))
     want = ref_pe(steps, a_width=a_width, w_width=w_width, acc_width=acc_width,
                   psum_skew=ProcessingElement().psum_skew)
-    got = rtl_pe(steps, a_width=a_width, w_width=w_width, acc_width=acc_width)
+    got = rtl_pe(steps, a_width=a_width, w_width=w_width, acc_width=acc_width, multiplier=multiplier)
+    assert len(got) == len(want) == len(steps)
     for i, (g, w) in enumerate(zip(got, want)):
-        assert g == w, f"seed {seed}: first mismatch at cycle {i}: step {steps[i]} got {g} want {w}"
+        assert g == w, f"seed {seed} ({multiplier}): first mismatch at cycle {i}: step {steps[i]} got {g} want {w}"
 
 
-def test_pe_write_takes_effect_next_cycle():
+@pytest.mark.parametrize("multiplier", MULTIPLIERS)
+def test_pe_write_takes_effect_next_cycle(multiplier):
     # A write to the bank an activation arriving in the same cycle reads is seen only by later activations, however
     # deep the pipeline (the array's bank hand-over relies on it). Flush cycles bring the products out.
     steps = [(1, 0, 0, (0, 5)), (1, 0, 0, (0, 7)), (1, 0, 0, None)] + [(0, 0, 0, None)] * 4
-    out = [o[2] for o in rtl_pe(steps)]
+    out = [o[2] for o in rtl_pe(steps, multiplier=multiplier)]
     latency = ProcessingElement().latency
     assert out == [0] * latency + [5, 7, 0][:len(steps) - latency]
 
 
-def test_pe_bank_switch_with_back_to_back_activations():
+@pytest.mark.parametrize("multiplier", MULTIPLIERS)
+def test_pe_bank_switch_with_back_to_back_activations(multiplier):
     # Bank 1 is rewritten while activations use bank 0; the first bank-1 activation gets the new weight at once.
     steps = [(2, 0, 0, (0, 3)), (2, 0, 0, (1, -4)), (2, 0, 0, None), (2, 1, 0, (0, 9)), (2, 0, 0, None)]
     steps += [(0, 0, 0, None)] * 4
     latency = ProcessingElement().latency
-    assert [o[2] for o in rtl_pe(steps)][latency - 1:] == [0, 6, 6, -8, 18]
+    assert [o[2] for o in rtl_pe(steps, multiplier=multiplier)][latency - 1:] == [0, 6, 6, -8, 18]
 
 
-def test_pe_latency_properties():
-    pe = ProcessingElement()
+@pytest.mark.parametrize("multiplier", MULTIPLIERS)
+def test_pe_latency_properties(multiplier):
+    pe = ProcessingElement(multiplier=multiplier)
     assert (pe.latency, pe.activation_latency, pe.psum_latency, pe.psum_skew) == (5, 1, 1, 4)
     assert pe.latency == len(ProcessingElement.STAGES)
 
 
-def test_pe_measured_latencies():
+@pytest.mark.parametrize("multiplier", MULTIPLIERS)
+def test_pe_measured_latencies(multiplier):
     """An impulse on each input shows up on each output after exactly the documented number of cycles."""
-    pe = ProcessingElement()
+    pe = ProcessingElement(multiplier=multiplier)
     a_cycle, psum_cycle = 1, 10
     # Weight 1 written into bank 0 in cycle 0, then one activation and one partial sum impulse.
     steps = [(0, 0, 0, (0, 1))] + [(5 if t == a_cycle else 0, 0, 100 if t == psum_cycle else 0, None)
                                    for t in range(1, 20)]
-    got = rtl_pe(steps)
+    got = rtl_pe(steps, multiplier=multiplier)
     # rtl_pe reads the outputs after cycle t's clock edge, that is their value in cycle t + 1.
     a_seen = [t + 1 for t, o in enumerate(got) if o[0] != 0]
     psum_seen = [t + 1 for t, o in enumerate(got) if o[2] != 0]
@@ -147,6 +153,7 @@ def test_partial_products_int8():
     ({"a_width": 0}, TypeError, "Activation width must be a positive integer, not 0"),
     ({"w_width": "8"}, TypeError, "Weight width must be a positive integer, not '8'"),
     ({"acc_width": 15}, ValueError, r"at least 16 bits\), not 15"),
+    ({"multiplier": "lut"}, ValueError, "PE multiplier must be one of 'fabric', 'dsp', not 'lut'"),
 ])
 def test_pe_parameter_validation(kwargs, exc, match):
     with pytest.raises(exc, match=match):
