@@ -78,6 +78,9 @@ EPILOGUE_DSPS_PER_COLUMN = 4
 #: takes 37% of an ECP5-85k's LUTs, and fabric multipliers place next to their neighbours instead of being pulled
 #: onto the device's few DSP rows.
 FABRIC_ONLY_PES = 64
+#: LUT utilisation after packing above which a place-and-route that runs out of time says so (a fabric-only 16x16
+#: accelerator, 97.6% of an ECP5-85k's LUT4s, was still in nextpnr's placer after 25 minutes).
+DENSE_LUT_PCT = 90
 
 
 def auto_dsp_pes(target: str | Target, rows: int, cols: int) -> int:
@@ -524,9 +527,17 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         if error is None:
             # Not a shortfall (a timeout, a router that gave up): the report still records what is known, the
             # packed resources from nextpnr's utilisation table if it got that far, else Yosys's lower bounds.
-            unfinished(exc, fits=None,
-                       resources=resources_known(tgt, cells, (work / "nextpnr.log").read_text(errors="replace")))
-            raise
+            known = resources_known(tgt, cells, (work / "nextpnr.log").read_text(errors="replace"))
+            luts = known["luts"]
+            if luts["source"].startswith("nextpnr") and luts["utilization_pct"] >= DENSE_LUT_PCT:
+                spare = auto_dsp_pes(tgt, rows, cols) if rows * cols > FABRIC_ONLY_PES else 0
+                hint = (f" (--dsp-pes {spare} would use the DSP blocks the epilogue leaves over)"
+                        if spare > dsp_pes else "")
+                exc = FlowError(
+                    f"{str(exc).splitlines()[0]}. The {config} fills {luts['utilization_pct']:.1f}% of the "
+                    f"{luts['cell']} after packing, and nextpnr rarely places a design past {DENSE_LUT_PCT}%: move PE "
+                    f"multipliers onto DSP blocks with --dsp-pes{hint} or choose smaller --rows/--cols.")
+            raise unfinished(exc, fits=None, resources=known)
         raise error from None
     wall["place_and_route"] = time.monotonic() - t0
     report.update(fits=True, **parse_pnr_report(json.loads((work / "nextpnr_report.json").read_text()), tgt, cells))

@@ -169,6 +169,37 @@ def test_parse_pnr_overflow():
     assert resources_known(ecp5, cells, table)["luts"]["count"] == 120
 
 
+def test_dense_design_that_runs_out_of_time_says_why(tmp_path, monkeypatch):
+    """A place-and-route that runs out of time on a design past DENSE_LUT_PCT of the LUTs names the density and the
+    fix (--dsp-pes with the spare count), and still writes a report. The tools are stand-ins: Yosys writes its cell
+    counts, nextpnr prints a utilisation table at 95% and then runs out of time."""
+    import hw.fpga.flow as flow
+
+    def fake_run(tool, args, *, cwd, log, timeout_s, watch=None):
+        cwd = Path(cwd)
+        if "yosys" in tool:
+            (cwd / "top.json").write_text("{}")
+            (cwd / "yosys_stat.json").write_text(json.dumps(
+                {"design": {"num_cells_by_type": {"LUT4": 70000, "CCU2C": 4000, "TRELLIS_FF": 60000}}}))
+            Path(log).write_text("")
+            return ""
+        Path(log).write_text("Info: Device utilisation:\nInfo: \t        TRELLIS_COMB:  79458/  83640    95%\n"
+                             "Info: \t          TRELLIS_FF:  60000/  83640    71%\n\nInfo: Placed 5 cells\n")
+        raise flow.FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout, try "
+                             f"--router router2 or choose a smaller configuration")
+
+    monkeypatch.setattr(flow, "_run", fake_run)
+    monkeypatch.setattr(flow, "hard_block_ceilings", lambda *a, **k: {})
+    with pytest.raises(flow.FlowError) as info:
+        synthesize(target="ecp5-85k", design="engine", rows=9, cols=9, dsp_pes=0, build_dir=tmp_path, timeout_s=5)
+    message = str(info.value)
+    assert "did not finish within 5 s" in message and "fills 95.0% of the LUT4s (TRELLIS_COMB) after packing" in message
+    assert f"--dsp-pes {auto_dsp_pes('ecp5-85k', 9, 9)} would use the DSP blocks" in message
+    report = json.loads(report_path("ecp5-85k", "engine", 9, 9, tmp_path).read_text())
+    assert report["fits"] is None and report["dsp_pes"] == 0 and report["error"] == message.splitlines()[0]
+    assert report["resources"]["luts"]["count"] == 79458
+
+
 def test_scaling_files(ecp5_report, tmp_path):
     too_big = json.loads(json.dumps(ecp5_report))
     too_big.update(rows=64, cols=64, fits=False, fmax_mhz=None, critical_path=None, error="does not fit")
