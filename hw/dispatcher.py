@@ -64,14 +64,11 @@ class Dispatcher(wiring.Component):
     dispatched : Out(1)
         Pulses once per instruction sent to a unit queue.
 
-    Pipeline: a *head* register takes the head of ``instr``; a *decode* register takes the head register's
-    instruction and registers the checks that need no state (unit, legality, ranges, the token queues it pops and
-    pushes); the *decision* in the next cycle checks the token balances and writes the unit queue. Each register
-    refills in the cycle the next stage takes its instruction (the decode register in the cycle its instruction is
-    decided), so the three stages keep one instruction per cycle, and with an unbuffered fetch FIFO an instruction
-    written into it in cycle ``f`` is decided in cycle ``f + 3`` at the earliest. The head register keeps the
-    checks' adders and comparators off the fetch FIFO's LUT-RAM read (the worst path of the 4x4 and 8x8
-    accelerators on ECP5 before it).
+    Pipeline: a *decode* register takes the head of ``instr`` and registers the checks that need no state
+    (unit, legality, ranges, the token queues it pops and pushes); the *decision* in the next cycle checks the token
+    balances and writes the unit queue. The decode register refills in the cycle its instruction is decided, so the
+    two stages keep one instruction per cycle, and with an unbuffered fetch FIFO an instruction written into it in
+    cycle ``f`` is decided in cycle ``f + 2`` at the earliest.
 
     Throughput: one instruction per cycle while the target queue has room.
     """
@@ -95,20 +92,7 @@ class Dispatcher(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        # ---- Head register: the fetch FIFO's head, so the checks below start from a flop, not its LUT RAM.
-        head = Signal(fetched_layout(), name="head")
-        head_valid = Signal()
-        advance = Signal()                   # the decode register takes the head register's instruction
-        decided = Signal()                   # the decision takes the decode register's instruction this cycle
-        dec_valid = Signal()
-        m.d.comb += [
-            advance.eq(~dec_valid | decided | self.stopped),
-            self.instr.ready.eq(~head_valid | advance),
-        ]
-        with m.If(self.instr.valid & self.instr.ready):
-            m.d.sync += [head_valid.eq(1), head.eq(self.instr.payload)]
-        with m.Elif(advance):
-            m.d.sync += head_valid.eq(0)
+        head = self.instr.payload
         word = head.word
         opcode = word[:3]
         views = {op: data.View(instruction_layout(op), word) for op in Opcode}
@@ -179,6 +163,7 @@ class Dispatcher(wiring.Component):
             # the state-free fault, by priority (0 = none)
             "fault": 8,
             "pop": len(TOKEN_QUEUES), "push": len(TOKEN_QUEUES)}))
+        dec_valid = Signal()
         static_fault = Signal(8)
         with m.If(head.overrun):
             m.d.comb += static_fault.eq(ErrorCode.PROGRAM_OVERRUN)
@@ -188,7 +173,9 @@ class Dispatcher(wiring.Component):
             m.d.comb += static_fault.eq(ErrorCode.ILLEGAL_INSTRUCTION)
         with m.Elif(out_of_range):
             m.d.comb += static_fault.eq(ErrorCode.OUT_OF_RANGE)
-        with m.If(head_valid & advance):
+        decided = Signal()                   # the decision takes the decode register's instruction this cycle
+        m.d.comb += self.instr.ready.eq(~dec_valid | decided | self.stopped)
+        with m.If(self.instr.valid & self.instr.ready):
             m.d.sync += [
                 dec_valid.eq(1),
                 dec.word.eq(word), dec.index.eq(head.index), dec.unit.eq(unit),

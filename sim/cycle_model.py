@@ -18,9 +18,8 @@ facts, each visible from the cycle after it happens, as the registered hardware 
   outstanding; otherwise round robin). Read data returns in order, one bus word per cycle, three cycles after a
   command's handshake at the earliest, so a LOAD whose first row command is accepted in cycle ``c`` receives its
   last word in ``c + 2 + words``;
-* the *dispatcher*: a head register loads the fetch FIFO's head (an unbuffered FIFO: readable the cycle after its
-  write) and a decode register the head register's instruction, each while empty or in the cycle the next stage
-  takes its instruction (the decode register's, in the cycle it is decided); the decision in a later cycle writes one
+* the *dispatcher*: a decode register loads the fetch FIFO's head (an unbuffered FIFO: readable the cycle after its
+  write) while empty or in the cycle its instruction is decided; the decision in a later cycle writes one
   instruction per cycle in program order into 8-entry unit queues (``SyncFIFOBuffered``: an entry is readable two
   cycles after its write; a write needs the inner 7-entry memory to have room);
 * the COMPUTE unit and the GEMM engine's MATMUL side: four issue states per instruction (accept, pop prev, pop next,
@@ -226,8 +225,7 @@ class _Model:
         self.fetch_last_beat = -1       # last data beat of the instruction fetch
         # ---- Dispatcher.
         self.i = 0                      # next instruction to decide (dispatch, or HALT)
-        self.read = []                  # cycle each instruction left the fetch FIFO for the head register
-        self.decoded = []               # cycle each instruction moved from the head to the decode register
+        self.read = []                  # cycle each instruction left the fetch FIFO for the decode register
         self.halted = _NEVER
         # ---- Units: [state, from cycle, queue index, instruction].
         self.unit = {u: [_IDLE, 0, 0, None] for u in Unit}
@@ -323,13 +321,12 @@ class _Model:
 
     # ---------------------------------------------------------------- dispatcher
     def _dispatch(self, t):
-        """The decision on the decode register's instruction, then the decode register's refill from the head
-        register and the head register's refill from the fetch FIFO (each in the cycle the next stage takes its
-        instruction, or while it is empty)."""
+        """The decision on the decode register's instruction, then the decode register's refill from the fetch
+        FIFO (in the cycle its instruction is decided, or while it is empty)."""
         if self.halted != _NEVER:
             return
         i = self.i
-        if i < len(self.decoded) and self.decoded[i] < t:
+        if i < len(self.read) and self.read[i] < t:
             unit = self.unit_of[i]
             if unit is None:
                 self.halted = t
@@ -342,29 +339,24 @@ class _Model:
                 queue.items.append(self.program[i])
                 self.dirty[_PART_OF_UNIT[unit]] = True
                 self.i = i = i + 1
-        j = len(self.decoded)
-        if i == j < len(self.read) and self.read[j] < t:
-            self.decoded.append(t)
-        k = len(self.read)
-        if k == len(self.decoded) < len(self.fetched) and self.fetched[k] + 1 <= t:
+        j = len(self.read)
+        if i == j < len(self.fetched) and self.fetched[j] + 1 <= t:
             self.read.append(t)
             self.dirty[_FRONT] = True
 
     def _dispatch_next(self, t):
         if self.halted != _NEVER:
             return _NEVER
-        i, j, k = self.i, len(self.decoded), len(self.read)
-        when = _NEVER
-        if i < j:                       # the decode register holds instruction i: its decision
-            when = max(t, self.decoded[i] + 1)
+        i = self.i
+        if i < len(self.read):          # the decode register holds instruction i
+            when = max(t, self.read[i] + 1)
             unit = self.unit_of[i]
             if unit is not None:
                 when = max(when, self.queues[unit].space())
-        elif j < k:                     # empty, and the head register holds instruction j: it moves on
-            when = max(t, self.read[j] + 1)
-        if j == k < len(self.fetched):  # the head register is empty: it loads the fetch FIFO's head
-            when = min(when, max(t, self.fetched[k] + 1))
-        return when
+            return when
+        if i < len(self.fetched):       # empty: it loads the fetch FIFO's head
+            return max(t, self.fetched[i] + 1)
+        return _NEVER
 
     # ---------------------------------------------------------------- unit FSMs
     def _accept(self, u, t):
