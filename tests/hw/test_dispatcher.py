@@ -121,7 +121,12 @@ def rtl_dispatch(words, *, seed):
                 break
         else:
             await stream_put(ctx, dut.instr, {"word": 0, "index": len(words), "bus_error": 0, "overrun": 1})
-        await ctx.tick().repeat(4)
+        # Until dispatch has stopped and the drains have emptied every queue (bounded: the run has a deadline too).
+        for _ in range(50):
+            await ctx.tick()
+            if ctx.get(dut.stopped) and not any(ctx.get(getattr(dut, q).valid) for q in ("load", "compute", "store")):
+                break
+        await ctx.tick().repeat(2)
         state["error"], state["index"], state["halted"] = (ctx.get(dut.error), ctx.get(dut.error_index),
                                                            ctx.get(dut.halted))
 
