@@ -383,8 +383,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     precheck : bool
         Stop after synthesis if Yosys's cell counts already exceed the device (skipped only to test nextpnr's path).
     router : str, optional
-        nextpnr router, ``"router1"`` or ``"router2"``; nextpnr's default (router1) if None. router2 is often
-        faster on large, congested designs.
+        nextpnr router, ``"router1"`` or ``"router2"``; nextpnr's default (router1) if None. router2 finishes
+        sooner, but its routes are slower (8x8 accelerator on ECP5-85k: 52.9 MHz against router1's 80.5).
     reuse : bool
         Return the existing report instead of running the tools again when it was made from the same inputs:
         the same Verilog, flow options and tool versions (``inputs_sha256`` in the report), with its bitstream
