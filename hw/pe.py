@@ -171,24 +171,23 @@ class ProcessingElement(wiring.Component):
             partial = Signal.like(product, name="product_partial")
             half = Signal.like(product, name="product_half")
             m.d.sync += [partial.eq(self.a_out.data * weight), half.eq(partial), product.eq(half)]
-            m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])
-            return m
-        # partial: the weight's bits taken two at a time, each pair one carry chain
-        pairs = []
-        for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
-            pair = Signal(signed(len(value)), name=f"pair{i}")
-            m.d.sync += pair.eq(value)
-            pairs.append((shift, pair))
-        # half: the pair sums added two by two (one carry chain each)
-        halves = []
-        for i in range(0, len(pairs), 2):
-            (shift, low), rest = pairs[i], pairs[i + 1:i + 2]
-            value = low + sum(high << (high_shift - shift) for high_shift, high in rest)
-            half = Signal(signed(len(value)), name=f"half{i // 2}")
-            m.d.sync += half.eq(value)
-            halves.append((shift, half))
-        # multiply: the halves added into the product (one carry chain for an 8-bit weight: two halves)
-        m.d.sync += product.eq(sum(half << shift for shift, half in halves))
+        else:
+            # partial: the weight's bits taken two at a time, each pair one carry chain
+            pairs = []
+            for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
+                pair = Signal(signed(len(value)), name=f"pair{i}")
+                m.d.sync += pair.eq(value)
+                pairs.append((shift, pair))
+            # half: the pair sums added two by two (one carry chain each)
+            halves = []
+            for i in range(0, len(pairs), 2):
+                (shift, low), rest = pairs[i], pairs[i + 1:i + 2]
+                value = low + sum(high << (high_shift - shift) for high_shift, high in rest)
+                half = Signal(signed(len(value)), name=f"half{i // 2}")
+                m.d.sync += half.eq(value)
+                halves.append((shift, half))
+            # multiply: the halves added into the product (one carry chain for an 8-bit weight: two halves)
+            m.d.sync += product.eq(sum(half << shift for shift, half in halves))
         # accumulate
         m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])
         return m

@@ -37,7 +37,7 @@ def _common(parser, *, target=True):
                             help="clock constraint in MHz (default: 150 on ECP5, 50 on iCE40)")
         parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
         parser.add_argument("--router", choices=("router1", "router2"), default=None,
-                            help="nextpnr router (default router1; router2 finishes sooner but reached a lower Fmax here)")
+                            help="nextpnr router (default router1; router2 finishes sooner, lower Fmax here)")
         parser.add_argument("--abc9-dff", action="store_true", help="let abc9 map across flops (Yosys -dff)")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per tool run")
         parser.add_argument("--reuse", action="store_true",

@@ -530,7 +530,7 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
             known = resources_known(tgt, cells, (work / "nextpnr.log").read_text(errors="replace"))
             luts = known["luts"]
             if luts["source"].startswith("nextpnr") and luts["utilization_pct"] >= DENSE_LUT_PCT:
-                spare = auto_dsp_pes(tgt, rows, cols) if rows * cols > FABRIC_ONLY_PES else 0
+                spare = auto_dsp_pes(tgt, rows, cols)
                 hint = (f" (--dsp-pes {spare} would use the DSP blocks the epilogue leaves over)"
                         if spare > dsp_pes else "")
                 exc = FlowError(

@@ -50,7 +50,8 @@ def parse_verilator_output(text: str) -> list[tuple[str, str, str]]:
 
 
 def lint(*, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8, acc_depth: int | None = None,
-         dsp_pes: int | str = 0, waivers: str | Path = DEFAULT_WAIVERS, build_dir: str | Path = "build", timeout_s: float = 600) -> dict:
+         dsp_pes: int | str = 0, waivers: str | Path = DEFAULT_WAIVERS, build_dir: str | Path = "build",
+         timeout_s: float = 600) -> dict:
     """Lint one configuration; return ``{"verilog", "waivers", "command", "messages": []}`` or raise LintFailed.
 
     ``dsp_pes`` as for :func:`~hw.fpga.flow.synthesize`; ``"auto"`` resolves for the default target."""
@@ -74,8 +75,8 @@ def lint(*, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8, acc_dept
     command = ["verilator", "--lint-only", "-Wall", "--top-module", module, str(waivers), str(source)]
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
     messages = parse_verilator_output(proc.stdout)
-    result = {"design": design, "rows": rows, "cols": cols, "dsp_pes": dsp_pes, "verilog": str(source), "waivers": str(waivers),
-              "command": " ".join(command), "messages": messages}
+    result = {"design": design, "rows": rows, "cols": cols, "dsp_pes": dsp_pes, "verilog": str(source),
+              "waivers": str(waivers), "command": " ".join(command), "messages": messages}
     if proc.returncode != 0 or messages:
         counts = Counter(rule for _, rule, _ in messages)
         summary = ", ".join(f"{rule} x{n}" for rule, n in counts.most_common()) or f"exit status {proc.returncode}"

@@ -84,7 +84,8 @@ def test_array_back_to_back_tiles(rows, cols, dsp_pes):
         want = gemm_int32(x, w)
         for i in range(x.shape[0]):
             assert got[(t, i)] == list(want[i]), (
-                f"seed {seed} {rows}x{cols} with {dsp_pes} DSP PEs: tile {t} vector {i}: got {got[(t, i)]} want {list(want[i])}")
+                f"seed {seed} {rows}x{cols} with {dsp_pes} DSP PEs: tile {t} vector {i}: "
+                f"got {got[(t, i)]} want {list(want[i])}")
 
 
 def test_array_dsp_pes_row_major():
