@@ -47,6 +47,9 @@ class Accelerator(wiring.Component):
     dsp_pes : int
         PEs whose multiplier is a DSP block (see :class:`~hw.systolic_array.SystolicArray`); a synthesis choice with
         no effect on timing or results (default 0).
+    pe_multiplier : str
+        The other PEs' multiplier, ``"fabric"`` (default) or ``"carry"`` (ECP5 carry cells, see
+        :class:`~hw.systolic_array.SystolicArray`); a synthesis choice with no effect on timing or results.
 
     Members
     -------
@@ -59,13 +62,14 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, *, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_depth=512, param_depth=64,
-                 data_width=64, addr_width=32, dsp_pes=0):
+                 data_width=64, addr_width=32, dsp_pes=0,
+                 pe_multiplier="fabric"):
         for name, value in (("ACT depth", act_depth), ("WGT depth", wgt_depth), ("PARAM depth", param_depth)):
             _check_depth(name, value)
         if data_width not in (32, 64, 128):
             raise ValueError(f"Accelerator bus width must be 32, 64 or 128 bits, not {data_width!r}")
         self._engine = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth,  # validates rows/cols/acc_depth
-                                  dsp_pes=dsp_pes)
+                                  dsp_pes=dsp_pes, pe_multiplier=pe_multiplier)
         self._config = HardwareConfig(rows=rows, cols=cols, act_depth=act_depth, wgt_depth=wgt_depth,
                                       acc_depth=acc_depth, param_depth=param_depth, bus_bytes=data_width // 8)
         self._data_width, self._addr_width = data_width, addr_width

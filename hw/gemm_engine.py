@@ -67,6 +67,9 @@ class GemmEngine(wiring.Component):
     dsp_pes : int
         PEs whose multiplier is a DSP block (see :class:`~hw.systolic_array.SystolicArray`); no effect on timing or
         results (default 0).
+    pe_multiplier : str
+        The other PEs' multiplier, ``"fabric"`` (default) or ``"carry"`` (see
+        :class:`~hw.systolic_array.SystolicArray`); no effect on timing or results.
 
     Members
     -------
@@ -89,13 +92,14 @@ class GemmEngine(wiring.Component):
     command handshake and one row per cycle follows while ``out`` is ready. All streams honour back-pressure.
     """
 
-    def __init__(self, *, rows=8, cols=8, acc_depth=512, dsp_pes=0):
+    def __init__(self, *, rows=8, cols=8, acc_depth=512, dsp_pes=0, pe_multiplier="fabric"):
         check_array_size(rows, cols)
         self._addr_width = _address_width(acc_depth)
         self._rows, self._cols, self._acc_depth = rows, cols, acc_depth
         self._epilogue = Epilogue(cols=cols)
         self._array = SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH,
-                                    acc_width=self.psum_width, dsp_pes=dsp_pes)
+                                    acc_width=self.psum_width, dsp_pes=dsp_pes,
+                                    pe_multiplier=pe_multiplier)
         super().__init__({
             "mm_cmd": In(stream.Signature(matmul_command_layout(acc_depth))),
             "weights": In(stream.Signature(data.ArrayLayout(signed(W_WIDTH), cols))),

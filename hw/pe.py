@@ -4,11 +4,15 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MULTIPLIERS", "ProcessingElement", "activation_token", "check_widths", "partial_products"]
+from .ecp5_carry import and_pair_adder
 
-#: How a PE builds its product: ``"fabric"`` (partial products in LUTs and carry chains) or ``"dsp"`` (an inferred
-#: ``$mul`` that Yosys maps to a DSP block).
-MULTIPLIERS = ("fabric", "dsp")
+__all__ = ["MULTIPLIERS", "ProcessingElement", "activation_token", "check_widths", "partial_products",
+           "partial_product_terms"]
+
+#: How a PE builds its product: ``"fabric"`` (partial products in LUTs and carry chains), ``"carry"`` (the same
+#: partial products with their AND gates folded into ECP5 carry cells, see :mod:`hw.ecp5_carry`) or ``"dsp"`` (an
+#: inferred ``$mul`` that Yosys maps to a DSP block).
+MULTIPLIERS = ("fabric", "carry", "dsp")
 
 
 def check_widths(a_width, w_width, acc_width):
@@ -41,6 +45,28 @@ def partial_products(a, b):
     return terms
 
 
+def partial_product_terms(a, b):
+    """:func:`partial_products` spelled bit by bit for :func:`~hw.ecp5_carry.and_pair_adder`: a list of
+    ``(shift, terms, subtract)``, one pair sum each, whose value ``X + Y`` (or ``X - Y``) as a signed number of
+    ``len(terms)`` bits equals :func:`partial_products`' term at the same shift.
+
+    Each bit of an operand is an AND of an activation bit (sign-extended) and a weight bit: ``(a[j], b[i])``.
+    """
+    a_width, width = len(a), len(b)
+
+    def bit(j, i):
+        return None if j < 0 else (a[min(j, a_width - 1)], b[i])
+
+    pairs = []
+    for i in range(0, width, 2):
+        if i == width - 1:                      # odd width: 0 - (a if b[i] else 0)
+            pairs.append((i, [(None, bit(j, i)) for j in range(a_width + 1)], True))
+            continue
+        terms = [(bit(j, i), bit(j - 1, i + 1)) for j in range(a_width + 2)]
+        pairs.append((i, terms, i + 1 == width - 1))
+    return pairs
+
+
 def activation_token(a_width):
     """Layout of what moves right through a row: an activation and the weight bank it is multiplied with."""
     return data.StructLayout({"data": signed(a_width), "bank": 1})
@@ -60,7 +86,9 @@ class ProcessingElement(wiring.Component):
        ``psum_out``.
 
     The multiplier is built from partial products in the FPGA fabric (LUTs and carry chains, see
-    :func:`partial_products`), not inferred as a ``$mul`` that Yosys would map to DSP blocks: on ECP5 the DSP
+    :func:`partial_products`; with ``multiplier="carry"`` the AND gates of each pair sum sit in the LUTs of the ECP5
+    carry cells that add them, see :mod:`hw.ecp5_carry`, which takes a PE from about 180 to 116 LUT4-equivalents),
+    not inferred as a ``$mul`` that Yosys would map to DSP blocks: on ECP5 the DSP
     tiles sit in a few rows, so an array of DSP multipliers is stretched along them and its nearest-neighbour
     wiring congests the router (an 8x8 accelerator did not route), and a 16x16 array needs more multipliers than
     an ECP5-85k has (256 > 156). The requantization multipliers of the epilogue stay on DSP blocks.
@@ -80,7 +108,9 @@ class ProcessingElement(wiring.Component):
     acc_width : int
         Signed partial-sum width; must hold at least one full product. Sums wrap modulo ``2**acc_width``.
     multiplier : str
-        ``"fabric"`` (default) or ``"dsp"``, see above.
+        ``"fabric"`` (default), ``"carry"`` or ``"dsp"`` (see :data:`MULTIPLIERS`). All three give the same results
+        with the same timing; ``"carry"`` elaborates to ECP5 ``CCU2C`` cells under
+        :class:`~hw.ecp5_carry.ECP5Primitives` and to their exact model otherwise.
 
     Members
     -------
@@ -174,10 +204,17 @@ class ProcessingElement(wiring.Component):
         else:
             # partial: the weight's bits taken two at a time, each pair one carry chain
             pairs = []
-            for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
-                pair = Signal(signed(len(value)), name=f"pair{i}")
-                m.d.sync += pair.eq(value)
-                pairs.append((shift, pair))
+            if self._multiplier == "carry":
+                for i, (shift, terms, subtract) in enumerate(partial_product_terms(self.a_out.data, weight)):
+                    value = and_pair_adder(m, f"pair_sum{i}", terms, subtract=subtract).as_signed()
+                    pair = Signal(signed(len(value)), name=f"pair{i}")
+                    m.d.sync += pair.eq(value)
+                    pairs.append((shift, pair))
+            else:
+                for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
+                    pair = Signal(signed(len(value)), name=f"pair{i}")
+                    m.d.sync += pair.eq(value)
+                    pairs.append((shift, pair))
             # half: the pair sums added two by two (one carry chain each)
             halves = []
             for i in range(0, len(pairs), 2):

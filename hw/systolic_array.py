@@ -4,9 +4,12 @@ from amaranth import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import ProcessingElement, activation_token, check_widths
+from .pe import MULTIPLIERS, ProcessingElement, activation_token, check_widths
 
-__all__ = ["SystolicArray", "check_array_size", "check_dsp_pes"]
+__all__ = ["FABRIC_MULTIPLIERS", "SystolicArray", "check_array_size", "check_dsp_pes", "check_pe_multiplier"]
+
+#: Multipliers a PE not on a DSP block may use (see :data:`~hw.pe.MULTIPLIERS`).
+FABRIC_MULTIPLIERS = tuple(kind for kind in MULTIPLIERS if kind != "dsp")
 
 
 def check_array_size(rows, cols):
@@ -19,6 +22,13 @@ def check_dsp_pes(dsp_pes, rows, cols):
     """Validate the number of PEs whose multiplier is a DSP block: an integer from 0 to ``rows * cols``."""
     if not isinstance(dsp_pes, int) or isinstance(dsp_pes, bool) or not 0 <= dsp_pes <= rows * cols:
         raise ValueError(f"DSP PE count must be an integer from 0 to rows * cols = {rows * cols}, not {dsp_pes!r}")
+
+
+def check_pe_multiplier(pe_multiplier):
+    """Validate the multiplier of the PEs not on DSP blocks: one of :data:`FABRIC_MULTIPLIERS`."""
+    if pe_multiplier not in FABRIC_MULTIPLIERS:
+        raise ValueError(f"PE fabric multiplier must be one of {', '.join(map(repr, FABRIC_MULTIPLIERS))}, "
+                         f"not {pe_multiplier!r}")
 
 
 class SystolicArray(wiring.Component):
@@ -52,6 +62,10 @@ class SystolicArray(wiring.Component):
         ``dsp_pes`` in row-major order, so whole rows of them chain along the device's DSP rows. Timing and results
         do not change; the FPGA flow sets it to the DSP blocks the epilogue leaves over when an array is too large
         for the fabric (default 0).
+    pe_multiplier : str
+        The multiplier of the other PEs: ``"fabric"`` (default) or ``"carry"`` (ECP5 carry cells that take the AND
+        gates, see :class:`~hw.pe.ProcessingElement`); the FPGA flow picks ``"carry"`` on ECP5. Same timing and
+        results.
 
     Members
     -------
@@ -66,15 +80,17 @@ class SystolicArray(wiring.Component):
     Throughput: one activation vector per cycle; ``rows * cols`` MACs per cycle. No flow control.
     """
 
-    def __init__(self, *, rows, cols, a_width=8, w_width=8, acc_width=32, dsp_pes=0):
+    def __init__(self, *, rows, cols, a_width=8, w_width=8, acc_width=32, dsp_pes=0, pe_multiplier="fabric"):
         check_array_size(rows, cols)
         check_widths(a_width, w_width, acc_width)
         check_dsp_pes(dsp_pes, rows, cols)
+        check_pe_multiplier(pe_multiplier)
+        self._pe_multiplier = pe_multiplier
         self._rows, self._cols = rows, cols
         self._a_width, self._w_width, self._acc_width = a_width, w_width, acc_width
         self._dsp_pes = dsp_pes
         self._pes = [[ProcessingElement(a_width=a_width, w_width=w_width, acc_width=acc_width,
-                                        multiplier="dsp" if r * cols + c < dsp_pes else "fabric")
+                                        multiplier="dsp" if r * cols + c < dsp_pes else pe_multiplier)
                       for c in range(cols)] for r in range(rows)]
         super().__init__({
             "a_in": In(data.ArrayLayout(activation_token(a_width), rows)),
@@ -89,6 +105,7 @@ class SystolicArray(wiring.Component):
     cols = property(lambda self: self._cols)
     acc_width = property(lambda self: self._acc_width)
     dsp_pes = property(lambda self: self._dsp_pes)
+    pe_multiplier = property(lambda self: self._pe_multiplier)
 
     @property
     def row_skew(self):

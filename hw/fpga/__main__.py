@@ -29,6 +29,10 @@ def _common(parser, *, target=True):
     parser.add_argument("--dsp-pes", type=_dsp_pes, default="auto" if target else 0,
                         help="PEs whose multiplier is a DSP block: an integer or 'auto' (default: 0 up to 8x8, else "
                              "the DSP blocks the epilogue leaves over)")
+    parser.add_argument("--pe-multiplier", choices=("auto", "fabric", "carry"), default="auto" if target else "fabric",
+                        help="multiplier of the PEs not on DSP blocks (default: " + (
+                            "auto = carry on ECP5, fabric on iCE40" if target else "fabric") + "; carry: the partial "
+                        "products' AND gates in ECP5 carry cells)")
     parser.add_argument("--build-dir", default="build", help="root of build/fpga and build/reports (default build)")
     if target:
         parser.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
             from .lint import DEFAULT_WAIVERS, LintFailed, lint
             try:
                 result = lint(design=args.design, rows=args.rows, cols=args.cols, acc_depth=args.acc_depth,
-                              dsp_pes=args.dsp_pes, waivers=args.waivers or DEFAULT_WAIVERS, build_dir=args.build_dir)
+                              dsp_pes=args.dsp_pes, pe_multiplier=args.pe_multiplier, waivers=args.waivers or DEFAULT_WAIVERS, build_dir=args.build_dir)
             except LintFailed as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
             print(f"lint clean: {result['verilog']} ({result['command']})")
             return 0
         flow_args = dict(target=args.target, design=args.design, acc_depth=args.acc_depth, dsp_pes=args.dsp_pes,
-                         freq_mhz=args.freq,
+                         pe_multiplier=args.pe_multiplier, freq_mhz=args.freq,
                          seed=args.seed, abc9_dff=args.abc9_dff, router=args.router, bitstream=not args.no_bitstream,
                          build_dir=args.build_dir, timeout_s=args.timeout, reuse=args.reuse, log=say)
         if args.command == "synth":

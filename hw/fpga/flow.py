@@ -33,7 +33,8 @@ from .targets import DEFAULT_TARGET, RESOURCE_KINDS, TARGETS, Target, get_target
 
 __all__ = ["DESIGNS", "DEFAULT_DESIGN", "FlowError", "ToolMissing", "DoesNotFit", "build_design", "config_label",
            "synthesize", "tool_versions", "check_fit", "parse_pnr_report", "parse_pnr_overflow", "report_path",
-           "resources_known", "worst_clock", "auto_dsp_pes", "resolve_dsp_pes"]
+           "resources_known", "worst_clock", "auto_dsp_pes", "resolve_dsp_pes",
+           "resolve_pe_multiplier"]
 
 #: Designs the flow can build; each maps to a constructor taking rows, cols and optional acc_depth.
 DESIGNS = ("accelerator", "engine")
@@ -103,11 +104,27 @@ def resolve_dsp_pes(dsp_pes, target, rows: int, cols: int) -> int:
     return dsp_pes
 
 
+def resolve_pe_multiplier(pe_multiplier, target) -> str:
+    """The fabric PEs' multiplier for a target: ``"auto"`` (or None) is ``"carry"`` on ECP5 (the AND gates of the
+    partial products in the carry cells' LUTs: 116 instead of 180 LUT4-equivalents a PE) and ``"fabric"``
+    elsewhere; ``"carry"`` needs an ECP5 target."""
+    from ..systolic_array import check_pe_multiplier
+    tgt = get_target(target) if isinstance(target, str) else target
+    if pe_multiplier is None or pe_multiplier == "auto":
+        return "carry" if tgt.family == "ecp5" else "fabric"
+    check_pe_multiplier(pe_multiplier)
+    if pe_multiplier == "carry" and tgt.family != "ecp5":
+        raise ValueError(f"The 'carry' PE multiplier is built from ECP5 carry cells; {tgt.name} is an {tgt.family} "
+                         f"target: use --pe-multiplier fabric (or auto)")
+    return pe_multiplier
+
+
 def build_design(design: str = DEFAULT_DESIGN, *, rows: int = 8, cols: int = 8, acc_depth: int | None = None,
-                 dsp_pes: int = 0):
+                 dsp_pes: int = 0, pe_multiplier: str = "fabric"):
     """Construct the named design (``"accelerator"`` or ``"engine"``) with its own parameter validation."""
     extra = {} if acc_depth is None else {"acc_depth": acc_depth}
     extra["dsp_pes"] = dsp_pes
+    extra["pe_multiplier"] = pe_multiplier
     if design == "engine":
         from ..gemm_engine import GemmEngine
         return GemmEngine(rows=rows, cols=cols, **extra)
@@ -356,7 +373,8 @@ def _resource_entry(resource, used, available, source):
 # The flow
 
 def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8,
-               acc_depth: int | None = None, dsp_pes: int | str = "auto", freq_mhz: float | None = None,
+               acc_depth: int | None = None, dsp_pes: int | str = "auto", pe_multiplier: str = "auto",
+               freq_mhz: float | None = None,
                seed: int = 1, abc9_dff: bool = False,
                bitstream: bool = True, build_dir: str | os.PathLike = "build", timeout_s: float = 3600.0,
                precheck: bool = True, router: str | None = None, reuse: bool = False, log=None) -> dict:
@@ -371,6 +389,10 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     dsp_pes : int or "auto"
         PEs whose multiplier is a DSP block; ``"auto"`` (default): :func:`auto_dsp_pes` (0 up to 8x8; for larger
         arrays the DSP blocks the epilogue leaves over). Recorded in the report.
+    pe_multiplier : str
+        The other PEs' multiplier: ``"auto"`` (default; ``"carry"`` on ECP5, ``"fabric"`` on iCE40), ``"fabric"``
+        or ``"carry"`` (see :func:`resolve_pe_multiplier`). ECP5 Verilog is generated with
+        :class:`~hw.ecp5_carry.ECP5Primitives`, so ``"carry"`` PEs instantiate ``CCU2C`` cells. Recorded.
     freq_mhz : float, optional
         Clock constraint on ``clk`` for nextpnr; the target's default (150 MHz ECP5, 50 MHz iCE40) if None.
         Fmax is reported whether or not it is met.
@@ -387,7 +409,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         sooner, but its routes are slower (8x8 accelerator on ECP5-85k: 52.9 MHz against router1's 80.5).
     reuse : bool
         Return the existing report instead of running the tools again when it was made from the same inputs:
-        the same Verilog, flow options and tool versions (``inputs_sha256`` in the report), with its bitstream
+        the same Verilog (source-location attributes aside), flow options and tool versions (``inputs_sha256``
+        in the report), with its bitstream
         still there if one is wanted (a run that ran out of time is reused only for a limit no longer than its
         own). A scaling study re-run after an interruption, or after ``make synth``, then only synthesizes what
         changed.
@@ -414,8 +437,9 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     if router not in (None, "router1", "router2"):
         raise ValueError(f"nextpnr router must be 'router1' or 'router2', not {router!r}")
     dsp_pes = resolve_dsp_pes(dsp_pes, tgt, rows, cols)
+    pe_multiplier = resolve_pe_multiplier(pe_multiplier, tgt)
     component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth,  # validates the parameters
-                             dsp_pes=dsp_pes)
+                             dsp_pes=dsp_pes, pe_multiplier=pe_multiplier)
     label = config_label(design, rows, cols)
     config = f"{rows}x{cols} {design}"
     build_dir = Path(build_dir)
@@ -430,9 +454,12 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     from amaranth.back import verilog
     t0 = time.monotonic()
     ring = PinRing(component)
-    verilog_text = verilog.convert(ring, name="top")
+    from ..ecp5_carry import ECP5Primitives
+    verilog_text = verilog.convert(ring, name="top", platform=ECP5Primitives() if tgt.family == "ecp5" else None)
     wall["verilog"] = time.monotonic() - t0
-    inputs = hashlib.sha256(verilog_text.encode())
+    # Source locations (Amaranth's ``src`` attributes) are left out: moving a line of Python does not change the
+    # netlist, and a 16x16 run takes hours.
+    inputs = hashlib.sha256(_SRC_ATTRIBUTE.sub("", verilog_text).encode())
     inputs.update(json.dumps([target, freq_mhz, seed, abc9_dff, router, precheck, tool_versions(tgt)]).encode())
     inputs_sha256 = inputs.hexdigest()
     if reuse and (earlier := _reusable(out_report, inputs_sha256, bitstream, timeout_s)) is not None:
@@ -447,7 +474,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
 
     report = {
         "design": design, "target": target, "device": tgt.device, "package": tgt.package,
-        "rows": rows, "cols": cols, "acc_depth": acc_depth, "dsp_pes": dsp_pes, "seed": seed, "abc9_dff": abc9_dff,
+        "rows": rows, "cols": cols, "acc_depth": acc_depth, "dsp_pes": dsp_pes,
+        "pe_multiplier": pe_multiplier, "seed": seed, "abc9_dff": abc9_dff,
         "router": router or "router1",
         "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
                      "flops": ring.flop_count},
@@ -571,6 +599,10 @@ def resources_known(tgt: Target, cells: dict[str, int], pnr_log: str) -> dict:
         else:
             out[kind] = _resource_entry(r, r.yosys_count(cells), r.available, "yosys")
     return out
+
+
+#: Amaranth's source-location attribute on a Verilog item: ``(* src = "hw/pe.py:123" *)``.
+_SRC_ATTRIBUTE = re.compile(r'\(\* src = "[^"]*" \*\)')
 
 
 def _reusable(path: Path, inputs_sha256: str, bitstream: bool, timeout_s: float) -> dict | None:

@@ -14,7 +14,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from .flow import DEFAULT_DESIGN, REPO_ROOT, build_design, config_label, resolve_dsp_pes
+from .flow import DEFAULT_DESIGN, REPO_ROOT, build_design, config_label, resolve_dsp_pes, resolve_pe_multiplier
 from .targets import DEFAULT_TARGET
 
 __all__ = ["DEFAULT_WAIVERS", "LintFailed", "lint", "module_name", "parse_verilator_output"]
@@ -50,11 +50,12 @@ def parse_verilator_output(text: str) -> list[tuple[str, str, str]]:
 
 
 def lint(*, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8, acc_depth: int | None = None,
-         dsp_pes: int | str = 0, waivers: str | Path = DEFAULT_WAIVERS, build_dir: str | Path = "build",
+         dsp_pes: int | str = 0, pe_multiplier: str = "fabric", waivers: str | Path = DEFAULT_WAIVERS, build_dir: str | Path = "build",
          timeout_s: float = 600) -> dict:
     """Lint one configuration; return ``{"verilog", "waivers", "command", "messages": []}`` or raise LintFailed.
 
-    ``dsp_pes`` as for :func:`~hw.fpga.flow.synthesize`; ``"auto"`` resolves for the default target."""
+    ``dsp_pes`` and ``pe_multiplier`` as for :func:`~hw.fpga.flow.synthesize`; ``"auto"`` resolves for the default
+    target. ``"carry"`` PEs are linted as the exact model of their carry cells (Verilator has no ECP5 primitives)."""
     from amaranth.back import verilog
 
     from sim.cocotb_runner import prepare_environment
@@ -64,7 +65,9 @@ def lint(*, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8, acc_dept
         raise FileNotFoundError(f"Verilator waiver file {waivers} does not exist; pass --waivers or restore "
                                 f"lint/verilator.vlt")
     dsp_pes = resolve_dsp_pes(dsp_pes, DEFAULT_TARGET, rows, cols)
-    component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=dsp_pes)
+    pe_multiplier = resolve_pe_multiplier(pe_multiplier, DEFAULT_TARGET)
+    component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=dsp_pes,
+                             pe_multiplier=pe_multiplier)
     module = module_name(design)
     out_dir = Path(build_dir) / "lint" / config_label(design, rows, cols)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +78,8 @@ def lint(*, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8, acc_dept
     command = ["verilator", "--lint-only", "-Wall", "--top-module", module, str(waivers), str(source)]
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
     messages = parse_verilator_output(proc.stdout)
-    result = {"design": design, "rows": rows, "cols": cols, "dsp_pes": dsp_pes, "verilog": str(source),
+    result = {"design": design, "rows": rows, "cols": cols, "dsp_pes": dsp_pes,
+              "pe_multiplier": pe_multiplier, "verilog": str(source),
               "waivers": str(waivers), "command": " ".join(command), "messages": messages}
     if proc.returncode != 0 or messages:
         counts = Counter(rule for _, rule, _ in messages)

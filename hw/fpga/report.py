@@ -25,7 +25,7 @@ from .targets import DEFAULT_TARGET, RESOURCE_KINDS, get_target
 __all__ = ["format_table", "parse_sizes", "load_callable", "run_scaling", "write_scaling", "SCALING_COLUMNS"]
 
 SCALING_COLUMNS = (
-    "rows", "cols", "dsp_pes", "router", "fits",
+    "rows", "cols", "dsp_pes", "pe_multiplier", "router", "fits",
     *[f"{kind}{suffix}" for kind in RESOURCE_KINDS for suffix in ("", "_available", "_pct")],
     "fmax_mhz", "timing_met", "critical_start", "critical_end", "critical_delay_ns",
     "cycles_per_image", "images_per_s", "macs_per_dsp_cycle", "wall_time_s", "report", "error",
@@ -36,6 +36,8 @@ def format_table(report: dict) -> str:
     """A human-readable summary of one synthesis report (what ``python -m hw.fpga synth`` prints)."""
     dsp_pes = report.get("dsp_pes") or 0
     pes = f", {dsp_pes} of {report['rows'] * report['cols']} PE multipliers on DSP blocks" if dsp_pes else ""
+    if report.get("pe_multiplier", "fabric") != "fabric":
+        pes += f", {report['pe_multiplier']} PE multipliers"
     head = (f"{report['rows']}x{report['cols']} {report['design']} on {report['target']} "
             f"({report['device']}, {report['package']}{pes})")
     lines = [head, "-" * len(head), f"{'resource':34} {'used':>8} {'available':>10} {'util':>8}"]
@@ -99,6 +101,7 @@ def load_callable(spec: str) -> Callable:
 
 def _row(report: dict, cycles_per_image) -> dict:
     row = {"rows": report["rows"], "cols": report["cols"], "dsp_pes": report.get("dsp_pes", 0),
+           "pe_multiplier": report.get("pe_multiplier", "fabric"),
            "router": report.get("router"), "fits": report.get("fits", True)}
     for kind in RESOURCE_KINDS:
         entry = report["resources"][kind]

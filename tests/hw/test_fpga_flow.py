@@ -7,16 +7,20 @@ WebAssembly has been compiled into ~/.cache/YoWASP); nextpnr's seed is fixed, so
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from amaranth import Signal, signed
 
+from hw.ecp5_carry import AND_PAIR_ADD, AND_PAIR_SUB
 from hw.fpga.__main__ import main
 from hw.fpga.flow import (EPILOGUE_DSPS_PER_COLUMN, DoesNotFit, _reusable, _table_complete, auto_dsp_pes,
                           build_design, check_fit, config_label, parse_pnr_overflow, report_path, resolve_dsp_pes,
-                          resources_known, synthesize)
+                          resolve_pe_multiplier, resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
+from hw.pe import partial_product_terms
 
 
 def check_report(report, *, target, design, rows, cols):
@@ -67,8 +71,9 @@ def check_report(report, *, target, design, rows, cols):
 
 @pytest.fixture(scope="module")
 def ecp5_report(tmp_path_factory):
-    # The one PE takes the DSP multiplier, so the flow shows it mapped to a block (the iCE40 run keeps the fabric's).
-    return synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2, dsp_pes=1,
+    # The first PE takes the DSP multiplier and the second ECP5 carry cells ("auto"), so the flow shows both
+    # mapped (the iCE40 run keeps the fabric's).
+    return synthesize(target="ecp5-25k", design="engine", rows=2, cols=1, acc_depth=2, dsp_pes=1,
                       build_dir=tmp_path_factory.mktemp("ecp5"))
 
 
@@ -76,7 +81,7 @@ def test_reuse_skips_an_unchanged_configuration(ecp5_report):
     build_dir = Path(ecp5_report["build_dir"]).parent.parent
     log = Path(ecp5_report["logs"]["nextpnr"])
     before = log.stat().st_mtime_ns
-    again = synthesize(target="ecp5-25k", design="engine", rows=1, cols=1, acc_depth=2, dsp_pes=1,
+    again = synthesize(target="ecp5-25k", design="engine", rows=2, cols=1, acc_depth=2, dsp_pes=1,
                        build_dir=build_dir, reuse=True)
     assert again == ecp5_report and log.stat().st_mtime_ns == before
     report = Path(ecp5_report["report_path"])
@@ -92,13 +97,22 @@ def test_reuse_skips_an_unchanged_configuration(ecp5_report):
 
 
 def test_ecp5_flow(ecp5_report):
-    check_report(ecp5_report, target="ecp5-25k", design="engine", rows=1, cols=1)
+    check_report(ecp5_report, target="ecp5-25k", design="engine", rows=2, cols=1)
     # The epilogue's requantization product takes EPILOGUE_DSPS_PER_COLUMN MULT18X18Ds, the DSP PE one more.
-    assert ecp5_report["dsp_pes"] == 1
+    assert ecp5_report["dsp_pes"] == 1 and ecp5_report["pe_multiplier"] == "carry"
     assert ecp5_report["yosys_cells"]["MULT18X18D"] == EPILOGUE_DSPS_PER_COLUMN * 1 + 1
     assert ecp5_report["resources"]["dsp"]["count"] == EPILOGUE_DSPS_PER_COLUMN * 1 + 1
+    # The carry PE's pair sums reach the netlist as CCU2C cells with the AND-pair tables: one cell per two bits
+    # of each pair sum (an 8-bit weight: three adding, one subtracting), none anywhere else.
+    netlist = json.loads((Path(ecp5_report["build_dir"]) / "top.json").read_text())
+    tables = Counter(cell["parameters"]["INIT0"] for module in netlist["modules"].values()
+                     for cell in module["cells"].values() if cell["type"] == "CCU2C")
+    terms = partial_product_terms(Signal(signed(8)), Signal(signed(8)))
+    cells = {subtract: sum((len(t) + 1) // 2 for _, t, s in terms if s == subtract) for subtract in (False, True)}
+    assert tables[format(AND_PAIR_ADD, "016b")] == cells[False] == 15
+    assert tables[format(AND_PAIR_SUB, "016b")] == cells[True] == 5
     assert ecp5_report["resources"]["ffs"]["source"] == "nextpnr"
-    assert Path(ecp5_report["build_dir"]).name == "ecp5-25k-1x1-engine"
+    assert Path(ecp5_report["build_dir"]).name == "ecp5-25k-2x1-engine"
     assert 'FREQUENCY PORT "clk" 150 MHz;' in (Path(ecp5_report["build_dir"]) / "top.lpf").read_text()
     table = format_table(ecp5_report)
     assert "Fmax" in table and "TRELLIS_COMB" in table and "critical path" in table and "DP16KD" in table
@@ -114,6 +128,7 @@ def test_ice40_flow_through_cli(tmp_path, capsys):
     assert report["resources"]["ffs"]["source"] == "yosys"  # iCE40 flops live in logic cells
     assert report["resources"]["dsp"]["count"] == report["yosys_cells"]["SB_MAC16"]
     assert report["dsp_pes"] == 0   # "auto" keeps a small array's multipliers in the fabric
+    assert report["pe_multiplier"] == "fabric"  # no carry cells on iCE40
     assert "ICESTORM_LC" in out and f"{report['fmax_mhz']:.2f} MHz" in out
 
 
@@ -207,15 +222,16 @@ def test_scaling_files(ecp5_report, tmp_path):
         return 1000 * r * c
     hook.macs_per_image = 5000
     rows = [_row(ecp5_report, hook), _row(too_big, None)]
-    assert rows[0]["images_per_s"] == pytest.approx(ecp5_report["fmax_mhz"] * 1e3, rel=1e-3)
+    cycles = hook(ecp5_report["rows"], ecp5_report["cols"])
+    assert rows[0]["images_per_s"] == pytest.approx(ecp5_report["fmax_mhz"] * 1e6 / cycles, rel=1e-3)
     dsp = ecp5_report["resources"]["dsp"]["count"]
-    assert rows[0]["macs_per_dsp_cycle"] == (round(5000 / 1000 / dsp, 3) if dsp else None)
+    assert rows[0]["macs_per_dsp_cycle"] == (round(5000 / cycles / dsp, 3) if dsp else None)
     assert rows[1]["images_per_s"] is None and rows[1]["fits"] is False
     paths = write_scaling(rows, target="ecp5-25k", design="engine", out_dir=tmp_path)
     assert Path(paths["json"]).name == "scaling-ecp5-25k-engine.json"
     with open(paths["csv"], newline="") as f:
         table = list(csv.DictReader(f))
-    assert tuple(table[0]) == SCALING_COLUMNS and table[0]["cycles_per_image"] == "1000"
+    assert tuple(table[0]) == SCALING_COLUMNS and table[0]["cycles_per_image"] == str(cycles)
     assert float(table[0]["fmax_mhz"]) == ecp5_report["fmax_mhz"] and table[1]["fits"] == "False"
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(Path(paths["json"]).read_text())["rows"] == rows
@@ -235,6 +251,18 @@ def test_auto_dsp_pes():
     with pytest.raises(ValueError, match=r"DSP PE count must be an integer from 0 to rows \* cols = 4, not 5"):
         build_design("accelerator", rows=2, cols=2, dsp_pes=5)
     assert build_design("engine", rows=2, cols=2, dsp_pes=3)._array.dsp_pes == 3
+
+
+def test_resolve_pe_multiplier():
+    assert resolve_pe_multiplier("auto", "ecp5-85k") == resolve_pe_multiplier(None, "ecp5-25k") == "carry"
+    assert resolve_pe_multiplier("auto", "ice40-hx8k") == "fabric"
+    assert resolve_pe_multiplier("fabric", "ecp5-85k") == "fabric"
+    with pytest.raises(ValueError, match=r"The 'carry' PE multiplier is built from ECP5 carry cells; ice40-up5k is an "
+                                         r"ice40 target: use --pe-multiplier fabric \(or auto\)"):
+        resolve_pe_multiplier("carry", "ice40-up5k")
+    with pytest.raises(ValueError, match=r"PE fabric multiplier must be one of 'fabric', 'carry', not 'dsp'"):
+        resolve_pe_multiplier("dsp", "ecp5-85k")
+    assert build_design("engine", rows=2, cols=2, pe_multiplier="carry")._array.pe_multiplier == "carry"
 
 
 def test_bad_arguments(capsys):

@@ -12,9 +12,9 @@ from sim.arith import INT32_MAX, INT32_MIN
 from sim.engine_ref import MatmulOp, StoreOp, check_plan, pack_params, ref_engine
 
 
-def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0):
+def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0, pe_multiplier="fabric"):
     """Run the command list on the RTL with the dependency rules of the engine; returns the STORE output rows."""
-    dut = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=dsp_pes)
+    dut = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=dsp_pes, pe_multiplier=pe_multiplier)
     st_layout = store_command_layout(acc_depth, cols)
     matmuls = [op for op in ops if isinstance(op, MatmulOp)]
     stores = [op for op in ops if isinstance(op, StoreOp)]
@@ -71,17 +71,19 @@ def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0):
 
 
 CASES = [
-    # rows, cols, acc_depth, M, K, N, raw, prob, seed, dsp_pes (PEs with the DSP multiplier, row-major)
-    (1, 1, 8, 3, 2, 2, False, 1.0, 1, 0),
-    (2, 3, 16, 7, 5, 4, False, 0.6, 2, 0),
-    (3, 2, 16, 9, 7, 5, True, 0.6, 3, 0),
-    (4, 4, 32, 20, 9, 6, False, 1.0, 4, 0),
-    (4, 4, 32, 20, 9, 6, False, 0.6, 5, 9),
+    # rows, cols, acc_depth, M, K, N, raw, prob, seed, dsp_pes (PEs with the DSP multiplier, row-major),
+    # pe_multiplier (the other PEs')
+    (1, 1, 8, 3, 2, 2, False, 1.0, 1, 0, "fabric"),
+    (2, 3, 16, 7, 5, 4, False, 0.6, 2, 0, "fabric"),
+    (3, 2, 16, 9, 7, 5, True, 0.6, 3, 0, "fabric"),
+    (4, 4, 32, 20, 9, 6, False, 1.0, 4, 0, "fabric"),
+    (4, 4, 32, 20, 9, 6, False, 0.6, 5, 9, "fabric"),
+    (4, 4, 32, 20, 9, 6, False, 0.6, 6, 5, "carry"),
 ]
 
 
-@pytest.mark.parametrize("rows,cols,acc_depth,m,k,n,raw,prob,seed,dsp_pes", CASES)
-def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed, dsp_pes):
+@pytest.mark.parametrize("rows,cols,acc_depth,m,k,n,raw,prob,seed,dsp_pes,pe_multiplier", CASES)
+def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed, dsp_pes, pe_multiplier):
     rng = np.random.default_rng(seed)
     a = rng.integers(-128, 128, size=(m, k), dtype=np.int64)
     w = rng.integers(-128, 128, size=(k, n), dtype=np.int64)
@@ -94,12 +96,13 @@ def test_engine_random_gemm(rows, cols, acc_depth, m, k, n, raw, prob, seed, dsp
                                      acc_depth=acc_depth)
     np.testing.assert_array_equal(golden, direct)  # the schedule itself is right
     want = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
-    got = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed, prob=prob, dsp_pes=dsp_pes)
+    got = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed, prob=prob, dsp_pes=dsp_pes,
+                     pe_multiplier=pe_multiplier)
     assert len(got) == len(want)
     for j, (g, w_) in enumerate(zip(got, want)):
         assert g.shape == w_.shape, f"seed {seed}: store {j} shape {g.shape} want {w_.shape}"
         bad = np.argwhere(g != w_)
-        assert bad.size == 0, (f"seed {seed} ({dsp_pes} DSP PEs): store {j} first mismatch at row {bad[0][0]} col {bad[0][1]}: "
+        assert bad.size == 0, (f"seed {seed} ({dsp_pes} DSP PEs, {pe_multiplier}): store {j} first mismatch at row {bad[0][0]} col {bad[0][1]}: "
                                f"got {g[tuple(bad[0])]} want {w_[tuple(bad[0])]}")
 
 

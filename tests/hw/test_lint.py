@@ -25,12 +25,16 @@ def test_every_waiver_has_a_reason():
     assert rules, "the waiver file waives nothing"
 
 
-@pytest.mark.parametrize("design,rows,cols,dsp_pes", [("engine", 1, 1, 0), ("engine", 2, 3, 0),
-                                                     ("accelerator", 2, 2, 0), ("engine", 2, 3, 4)])
-def test_lint_clean(design, rows, cols, dsp_pes, tmp_path):
-    # The last case mixes DSP and fabric PEs (the multiplier large arrays use on the spare DSP blocks).
-    result = lint(design=design, rows=rows, cols=cols, dsp_pes=dsp_pes, build_dir=tmp_path)
+@pytest.mark.parametrize("design,rows,cols,dsp_pes,pe_multiplier", [
+    ("engine", 1, 1, 0, "fabric"), ("engine", 2, 3, 0, "fabric"), ("accelerator", 2, 2, 0, "fabric"),
+    ("engine", 2, 3, 4, "fabric"), ("engine", 2, 3, 2, "carry")])
+def test_lint_clean(design, rows, cols, dsp_pes, pe_multiplier, tmp_path):
+    # The last cases mix DSP and fabric PEs (the multiplier large arrays use on the spare DSP blocks), and DSP
+    # and carry-cell PEs (the ECP5 flow's choice; linted as the cells' exact model).
+    result = lint(design=design, rows=rows, cols=cols, dsp_pes=dsp_pes, pe_multiplier=pe_multiplier,
+                  build_dir=tmp_path)
     assert result["messages"] == [] and result["dsp_pes"] == dsp_pes
+    assert result["pe_multiplier"] == pe_multiplier
     assert "-Wall" in result["command"] and str(DEFAULT_WAIVERS) in result["command"]
 
 

@@ -1,5 +1,6 @@
 """ProcessingElement: cycle-by-cycle against a Python model of the five-stage pipeline, both banks, wrapping,
-narrow widths, measured latencies, validation - for both multipliers (fabric partial products and DSP)."""
+narrow widths, measured latencies, validation - for every multiplier (fabric partial products, the same on ECP5
+carry cells, DSP)."""
 
 import random
 
@@ -153,7 +154,7 @@ def test_partial_products_int8():
     ({"a_width": 0}, TypeError, "Activation width must be a positive integer, not 0"),
     ({"w_width": "8"}, TypeError, "Weight width must be a positive integer, not '8'"),
     ({"acc_width": 15}, ValueError, r"at least 16 bits\), not 15"),
-    ({"multiplier": "lut"}, ValueError, "PE multiplier must be one of 'fabric', 'dsp', not 'lut'"),
+    ({"multiplier": "lut"}, ValueError, "PE multiplier must be one of 'fabric', 'carry', 'dsp', not 'lut'"),
 ])
 def test_pe_parameter_validation(kwargs, exc, match):
     with pytest.raises(exc, match=match):

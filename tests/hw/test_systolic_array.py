@@ -31,9 +31,9 @@ def schedule(tiles, rows, cols):
     return writes, entries
 
 
-def rtl_array(tiles, rows, cols, dsp_pes=0):
+def rtl_array(tiles, rows, cols, dsp_pes=0, pe_multiplier="fabric"):
     """Drive the array with skewed inputs; returns {(tile, vector): column sums} collected at the bottom."""
-    dut = SystolicArray(rows=rows, cols=cols, dsp_pes=dsp_pes)
+    dut = SystolicArray(rows=rows, cols=cols, dsp_pes=dsp_pes, pe_multiplier=pe_multiplier)
     writes, entries = schedule(tiles, rows, cols)
     per_cycle = {}
     for cycle, t, i in entries:
@@ -65,9 +65,11 @@ def rtl_array(tiles, rows, cols, dsp_pes=0):
     return results
 
 
-@pytest.mark.parametrize("rows,cols,dsp_pes", [(1, 1, 0), (2, 3, 0), (3, 2, 0), (4, 4, 0), (8, 8, 0), (16, 16, 0),
-                                               (1, 1, 1), (3, 2, 4), (4, 4, 16), (16, 16, 92)])
-def test_array_back_to_back_tiles(rows, cols, dsp_pes):
+@pytest.mark.parametrize("rows,cols,dsp_pes,pe_multiplier", [
+    (1, 1, 0, "fabric"), (2, 3, 0, "fabric"), (3, 2, 0, "fabric"), (4, 4, 0, "fabric"), (8, 8, 0, "fabric"),
+    (16, 16, 0, "fabric"), (1, 1, 1, "fabric"), (3, 2, 4, "fabric"), (4, 4, 16, "fabric"), (16, 16, 92, "fabric"),
+    (1, 1, 0, "carry"), (3, 2, 0, "carry"), (4, 4, 7, "carry"), (16, 16, 92, "carry")])
+def test_array_back_to_back_tiles(rows, cols, dsp_pes, pe_multiplier):
     seed = rows * 100 + cols
     rng = np.random.default_rng(seed)
     n_tiles = 4 if rows * cols <= 64 else 2
@@ -79,20 +81,22 @@ def test_array_back_to_back_tiles(rows, cols, dsp_pes):
             w[:] = -128
             x[:] = -128  # extreme operands: every product is +2**14
         tiles.append((w, x))
-    got = rtl_array(tiles, rows, cols, dsp_pes)
+    got = rtl_array(tiles, rows, cols, dsp_pes, pe_multiplier)
     for t, (w, x) in enumerate(tiles):
         want = gemm_int32(x, w)
         for i in range(x.shape[0]):
             assert got[(t, i)] == list(want[i]), (
-                f"seed {seed} {rows}x{cols} with {dsp_pes} DSP PEs: tile {t} vector {i}: "
+                f"seed {seed} {rows}x{cols} with {dsp_pes} DSP PEs, the rest {pe_multiplier}: tile {t} vector {i}: "
                 f"got {got[(t, i)]} want {list(want[i])}")
 
 
-def test_array_dsp_pes_row_major():
-    """The first ``dsp_pes`` PEs in row-major order get the DSP multiplier, the rest the fabric one."""
-    array = SystolicArray(rows=3, cols=4, dsp_pes=6)
+@pytest.mark.parametrize("pe_multiplier", ["fabric", "carry"])
+def test_array_dsp_pes_row_major(pe_multiplier):
+    """The first ``dsp_pes`` PEs in row-major order get the DSP multiplier, the rest ``pe_multiplier``."""
+    array = SystolicArray(rows=3, cols=4, dsp_pes=6, pe_multiplier=pe_multiplier)
     kinds = [[pe.multiplier for pe in row] for row in array._pes]
-    assert kinds == [["dsp"] * 4, ["dsp"] * 2 + ["fabric"] * 2, ["fabric"] * 4]
+    assert kinds == [["dsp"] * 4, ["dsp"] * 2 + [pe_multiplier] * 2, [pe_multiplier] * 4]
+    assert array.pe_multiplier == pe_multiplier
 
 
 def test_array_column_latency():
@@ -109,6 +113,8 @@ def test_array_column_latency():
     ({"rows": 2.5, "cols": 4}, "Row count must be a positive integer, not 2.5"),
     ({"rows": 2, "cols": 2, "dsp_pes": 5}, r"DSP PE count must be an integer from 0 to rows \* cols = 4, not 5"),
     ({"rows": 2, "cols": 2, "dsp_pes": -1}, r"DSP PE count must be an integer from 0 to rows \* cols = 4, not -1"),
+    ({"rows": 2, "cols": 2, "pe_multiplier": "dsp"},
+     r"PE fabric multiplier must be one of 'fabric', 'carry', not 'dsp'"),
 ])
 def test_array_parameter_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
