@@ -192,6 +192,13 @@ class LoadUnit(wiring.Component):
         # ---- Command stage: one aligned read per row, as fast as the bus takes them.
         c_addr = Signal(self._addr_width)       # byte address of the next row to request
         c_left = Signal(16)                     # rows not yet requested
+        # Beats of the next row's read, as a register (set with ``c_addr``), so the command's payload leaves flops
+        # and the AXI master's burst arithmetic does not start behind this adder.
+        c_beats = Signal.like(self.rd_cmd.payload.beats)
+
+        def row_beats(addr_low):
+            """Bus words a row of ``x_size`` bytes starting at byte offset ``addr_low`` in a word spans."""
+            return (addr_low + ins.x_size + (nbytes - 1)) >> obits
         # ---- Data stage: realign the beats of the current row into the entry being assembled.
         d_offset = Signal(obits)                # start offset of the row whose beats arrive
         d_left = Signal(16)                     # rows not yet written
@@ -210,12 +217,13 @@ class LoadUnit(wiring.Component):
         m.d.comb += [
             self.rd_cmd.valid.eq(executing & (c_left != 0)),
             self.rd_cmd.payload.addr.eq(Cat(Const(0, obits), c_addr[obits:])),
-            self.rd_cmd.payload.beats.eq((c_addr[:obits] + ins.x_size + (nbytes - 1)) >> obits),
+            self.rd_cmd.payload.beats.eq(c_beats),
             self.rd_data.ready.eq(executing),
             beat.eq(self.rd_data.valid & self.rd_data.ready),
         ]
         with m.If(self.rd_cmd.valid & self.rd_cmd.ready):
-            m.d.sync += [c_addr.eq(c_addr + ins.stride), c_left.eq(c_left - 1)]
+            m.d.sync += [c_addr.eq(c_addr + ins.stride), c_left.eq(c_left - 1),
+                         c_beats.eq(row_beats((c_addr[:obits] + ins.stride[:obits])[:obits]))]
 
         # Stream byte p of a row is entry byte p - offset. Beat k brings stream bytes kB..kB+B-1; rotated by the
         # offset, its byte j is entry byte q with q % B == j and q // B == k - (offset + j >= B).
@@ -258,6 +266,7 @@ class LoadUnit(wiring.Component):
                     with m.Else():
                         m.d.sync += [
                             c_addr.eq(ins.dram_addr), c_left.eq(ins.y_size),
+                            c_beats.eq(row_beats(ins.dram_addr[:obits])),
                             d_offset.eq(ins.dram_addr[:obits]), d_left.eq(ins.y_size), d_addr.eq(ins.buf_addr),
                             beat_sel.eq(1), error.eq(0),
                         ]
