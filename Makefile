@@ -15,10 +15,12 @@ PYTEST_WORKERS ?= 2
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 3600
-# nextpnr router for synth/scaling (empty: nextpnr's default, router1); DSP_PES: PEs on DSP blocks (auto: 0 up to 8x8)
+# nextpnr router for synth/scaling (empty: nextpnr's default, router1); DSP_PES: PEs on DSP blocks (auto: 0 up to 8x8);
+# PE_MULTIPLIER: the other PEs' multiplier (auto: ECP5 carry cells on ECP5, fabric on iCE40)
 ROUTER ?=
 DSP_PES ?= auto
-FPGA_OPTS = --dsp-pes $(DSP_PES) $(if $(ROUTER),--router $(ROUTER),)
+PE_MULTIPLIER ?= auto
+FPGA_OPTS = --dsp-pes $(DSP_PES) --pe-multiplier $(PE_MULTIPLIER) $(if $(ROUTER),--router $(ROUTER),)
 BACKEND ?= verilator
 N ?= 300
 BATCH ?= 32
