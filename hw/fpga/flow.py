@@ -34,7 +34,7 @@ from .targets import DEFAULT_TARGET, RESOURCE_KINDS, TARGETS, Target, get_target
 __all__ = ["DESIGNS", "DEFAULT_DESIGN", "FlowError", "ToolMissing", "DoesNotFit", "build_design", "config_label",
            "synthesize", "tool_versions", "check_fit", "parse_pnr_report", "parse_pnr_overflow", "report_path",
            "resources_known", "worst_clock", "auto_dsp_pes", "resolve_dsp_pes",
-           "resolve_pe_multiplier"]
+           "resolve_pe_multiplier", "inputs_digest"]
 
 #: Designs the flow can build; each maps to a constructor taking rows, cols and optional acc_depth.
 DESIGNS = ("accelerator", "engine")
@@ -457,11 +457,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     from ..ecp5_carry import ECP5Primitives
     verilog_text = verilog.convert(ring, name="top", platform=ECP5Primitives() if tgt.family == "ecp5" else None)
     wall["verilog"] = time.monotonic() - t0
-    # Source locations (Amaranth's ``src`` attributes) are left out: moving a line of Python does not change the
-    # netlist, and a 16x16 run takes hours.
-    inputs = hashlib.sha256(_SRC_ATTRIBUTE.sub("", verilog_text).encode())
-    inputs.update(json.dumps([target, freq_mhz, seed, abc9_dff, router, precheck, tool_versions(tgt)]).encode())
-    inputs_sha256 = inputs.hexdigest()
+    inputs_sha256 = inputs_digest(verilog_text, [target, freq_mhz, seed, abc9_dff, router, precheck,
+                                                 tool_versions(tgt)])
     if reuse and (earlier := _reusable(out_report, inputs_sha256, bitstream, timeout_s)) is not None:
         say(f"[{target} {label}] reusing {out_report}: same Verilog, options and tools")
         return earlier
@@ -603,6 +600,15 @@ def resources_known(tgt: Target, cells: dict[str, int], pnr_log: str) -> dict:
 
 #: Amaranth's source-location attribute on a Verilog item: ``(* src = "hw/pe.py:123" *)``.
 _SRC_ATTRIBUTE = re.compile(r'\(\* src = "[^"]*" \*\)')
+
+
+def inputs_digest(verilog_text: str, options: list) -> str:
+    """What ``reuse`` compares (``inputs_sha256``): SHA-256 of the Verilog and the flow's options. Source locations
+    (Amaranth's ``src`` attributes) are left out: moving a line of Python, or checking the tree out elsewhere,
+    does not change the netlist, and a 16x16 run takes hours."""
+    digest = hashlib.sha256(_SRC_ATTRIBUTE.sub("", verilog_text).encode())
+    digest.update(json.dumps(options).encode())
+    return digest.hexdigest()
 
 
 def _reusable(path: Path, inputs_sha256: str, bitstream: bool, timeout_s: float) -> dict | None:

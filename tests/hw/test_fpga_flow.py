@@ -16,7 +16,7 @@ from amaranth import Signal, signed
 from hw.ecp5_carry import AND_PAIR_ADD, AND_PAIR_SUB
 from hw.fpga.__main__ import main
 from hw.fpga.flow import (EPILOGUE_DSPS_PER_COLUMN, DoesNotFit, _reusable, _table_complete, auto_dsp_pes,
-                          build_design, check_fit, config_label, parse_pnr_overflow, report_path, resolve_dsp_pes,
+                          build_design, check_fit, config_label, inputs_digest, parse_pnr_overflow, report_path, resolve_dsp_pes,
                           resolve_pe_multiplier, resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
@@ -75,6 +75,14 @@ def ecp5_report(tmp_path_factory):
     # mapped (the iCE40 run keeps the fabric's).
     return synthesize(target="ecp5-25k", design="engine", rows=2, cols=1, acc_depth=2, dsp_pes=1,
                       build_dir=tmp_path_factory.mktemp("ecp5"))
+
+
+def test_inputs_digest_ignores_source_locations():
+    a = '(* src = "/work/hw/pe.py:120" *)\n  reg [7:0] weight;\n'
+    moved = '(* src = "/tmp/clone/hw/pe.py:131" *)\n  reg [7:0] weight;\n'
+    assert inputs_digest(a, ["ecp5-85k", 150]) == inputs_digest(moved, ["ecp5-85k", 150])
+    assert inputs_digest(a, ["ecp5-85k", 150]) != inputs_digest(a.replace("[7:0]", "[8:0]"), ["ecp5-85k", 150])
+    assert inputs_digest(a, ["ecp5-85k", 150]) != inputs_digest(a, ["ecp5-85k", 140])
 
 
 def test_reuse_skips_an_unchanged_configuration(ecp5_report):
