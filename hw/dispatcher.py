@@ -160,8 +160,8 @@ class Dispatcher(wiring.Component):
         # ---- Decode register: the head and its state-free checks.
         dec = Signal(data.StructLayout({
             "word": len(word), "index": INDEX_WIDTH, "unit": 2, "halt": 1,
-            # the fault, by priority (0 = none), and whether there is one
-            "fault": 8, "faulty": 1,
+            # the state-free fault, by priority (0 = none)
+            "fault": 8,
             "pop": len(TOKEN_QUEUES), "push": len(TOKEN_QUEUES)}))
         dec_valid = Signal()
         static_fault = Signal(8)
@@ -173,36 +173,29 @@ class Dispatcher(wiring.Component):
             m.d.comb += static_fault.eq(ErrorCode.ILLEGAL_INSTRUCTION)
         with m.Elif(out_of_range):
             m.d.comb += static_fault.eq(ErrorCode.OUT_OF_RANGE)
-        # ---- Token balance in program order, checked as the decode register loads. The decode register loads
-        # while empty or in the cycle its instruction is decided (or dispatch has stopped), so the balance its new
-        # instruction meets is the current one plus, when it held one, that instruction's pops and pushes: the
-        # decision then needs no arithmetic, and ``decided`` (which fans out to both registers' load enables)
-        # comes from flops through two LUTs.
-        balance = {q: Signal(signed(10), name=f"tokens_{q}") for q in TOKEN_QUEUES}
-        pops = {q: dec.pop[i] for i, q in enumerate(TOKEN_QUEUES)}
-        pushes = {q: dec.push[i] for i, q in enumerate(TOKEN_QUEUES)}
-        met = {q: Signal(signed(10), name=f"tokens_met_{q}") for q in TOKEN_QUEUES}
-        for q in TOKEN_QUEUES:
-            m.d.comb += met[q].eq(Mux(dec_valid, balance[q] - pops[q] + pushes[q], balance[q]))
-        fault = Signal(8)
-        with m.If(static_fault != 0):
-            m.d.comb += fault.eq(static_fault)
-        with m.Elif(_any(delta_pop[q] & (met[q] == 0) for q in TOKEN_QUEUES)):
-            m.d.comb += fault.eq(ErrorCode.TOKEN_DEADLOCK)
-        with m.Elif(_any(delta_push[q] & (met[q] >= TOKEN_MAX) for q in TOKEN_QUEUES)):
-            m.d.comb += fault.eq(ErrorCode.TOKEN_OVERFLOW)
         decided = Signal()                   # the decision takes the decode register's instruction this cycle
         m.d.comb += self.instr.ready.eq(~dec_valid | decided | self.stopped)
         with m.If(self.instr.valid & self.instr.ready):
             m.d.sync += [
                 dec_valid.eq(1),
                 dec.word.eq(word), dec.index.eq(head.index), dec.unit.eq(unit),
-                dec.halt.eq(opcode == Opcode.HALT), dec.fault.eq(fault), dec.faulty.eq(fault != 0),
+                dec.halt.eq(opcode == Opcode.HALT), dec.fault.eq(static_fault),
                 dec.pop.eq(Cat(delta_pop[q] for q in TOKEN_QUEUES)),
                 dec.push.eq(Cat(delta_push[q] for q in TOKEN_QUEUES)),
             ]
         with m.Elif(decided | self.stopped):
             m.d.sync += dec_valid.eq(0)
+
+        # ---- Token balance in program order, checked by the decision.
+        balance = {q: Signal(signed(10), name=f"tokens_{q}") for q in TOKEN_QUEUES}
+        pops = {q: dec.pop[i] for i, q in enumerate(TOKEN_QUEUES)}
+        pushes = {q: dec.push[i] for i, q in enumerate(TOKEN_QUEUES)}
+        deadlock = Signal()
+        overflow = Signal()
+        m.d.comb += [
+            deadlock.eq(_any(pops[q] & (balance[q] == 0) for q in TOKEN_QUEUES)),
+            overflow.eq(_any(pushes[q] & (balance[q] >= TOKEN_MAX) for q in TOKEN_QUEUES)),
+        ]
 
         # ---- Unit queues.
         fifos = {}
@@ -223,10 +216,18 @@ class Dispatcher(wiring.Component):
         # ---- The decision for the decode register's instruction.
         stopped = Signal()
         m.d.comb += self.stopped.eq(stopped | self.stop)
+        fault = Signal(8)
+        with m.If(dec.fault != 0):
+            m.d.comb += fault.eq(dec.fault)
+        with m.Elif(deadlock):
+            m.d.comb += fault.eq(ErrorCode.TOKEN_DEADLOCK)
+        with m.Elif(overflow):
+            m.d.comb += fault.eq(ErrorCode.TOKEN_OVERFLOW)
+
         with m.If(dec_valid & ~self.stopped):
-            with m.If(dec.faulty):
+            with m.If(fault != 0):
                 m.d.comb += decided.eq(1)
-                m.d.sync += [stopped.eq(1), self.error.eq(dec.fault), self.error_index.eq(dec.index)]
+                m.d.sync += [stopped.eq(1), self.error.eq(fault), self.error_index.eq(dec.index)]
             with m.Elif(dec.halt):
                 m.d.comb += decided.eq(1)
                 m.d.sync += [stopped.eq(1), self.halted.eq(1)]
