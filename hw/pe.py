@@ -203,18 +203,16 @@ class ProcessingElement(wiring.Component):
             m.d.sync += [partial.eq(self.a_out.data * weight), half.eq(partial), product.eq(half)]
         else:
             # partial: the weight's bits taken two at a time, each pair one carry chain
-            pairs = []
             if self._multiplier == "carry":
-                for i, (shift, terms, subtract) in enumerate(partial_product_terms(self.a_out.data, weight)):
-                    value = and_pair_adder(m, f"pair_sum{i}", terms, subtract=subtract).as_signed()
-                    pair = Signal(signed(len(value)), name=f"pair{i}")
-                    m.d.sync += pair.eq(value)
-                    pairs.append((shift, pair))
+                sums = [(shift, and_pair_adder(m, f"pair_sum{i}", terms, subtract=subtract).as_signed())
+                        for i, (shift, terms, subtract) in enumerate(partial_product_terms(self.a_out.data, weight))]
             else:
-                for i, (shift, value) in enumerate(partial_products(self.a_out.data, weight)):
-                    pair = Signal(signed(len(value)), name=f"pair{i}")
-                    m.d.sync += pair.eq(value)
-                    pairs.append((shift, pair))
+                sums = partial_products(self.a_out.data, weight)
+            pairs = []
+            for i, (shift, value) in enumerate(sums):
+                pair = Signal(signed(len(value)), name=f"pair{i}")
+                m.d.sync += pair.eq(value)
+                pairs.append((shift, pair))
             # half: the pair sums added two by two (one carry chain each)
             halves = []
             for i in range(0, len(pairs), 2):

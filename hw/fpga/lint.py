@@ -50,8 +50,8 @@ def parse_verilator_output(text: str) -> list[tuple[str, str, str]]:
 
 
 def lint(*, design: str = DEFAULT_DESIGN, rows: int = 8, cols: int = 8, acc_depth: int | None = None,
-         dsp_pes: int | str = 0, pe_multiplier: str = "fabric", waivers: str | Path = DEFAULT_WAIVERS, build_dir: str | Path = "build",
-         timeout_s: float = 600) -> dict:
+         dsp_pes: int | str = 0, pe_multiplier: str = "fabric", waivers: str | Path = DEFAULT_WAIVERS,
+         build_dir: str | Path = "build", timeout_s: float = 600) -> dict:
     """Lint one configuration; return ``{"verilog", "waivers", "command", "messages": []}`` or raise LintFailed.
 
     ``dsp_pes`` and ``pe_multiplier`` as for :func:`~hw.fpga.flow.synthesize`; ``"auto"`` resolves for the default
