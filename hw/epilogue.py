@@ -1,7 +1,8 @@
 """The fused GEMM epilogue: bias add and int8 requantization of one accumulator row per cycle.
 
 Each column ``c`` of a row computes ``s = wrap32(acc[c] + bias[c])`` and then either passes ``s`` through (raw
-mode) or requantizes it exactly as :func:`sim.arith.requantize` does (``docs/int8-spec.md``)::
+mode: through the same stages, with no shifts and a multiplier of 1, so a raw row costs no registers of its own) or
+requantizes it exactly as :func:`sim.arith.requantize` does (``docs/int8-spec.md``)::
 
     y = SRDHM(wrap32(s << max(shift, 0)), multiplier)
     y = RDBPOT(y, max(-shift, 0))
@@ -183,11 +184,12 @@ class Epilogue(wiring.Component):
         ]
 
         # Data registers load whenever their stage advances, bubble or not: their content is only used when the
-        # stage's valid bit is set, so they need no reset and no valid gating.
+        # stage's valid bit is set, so they need no reset (reset_less keeps them off the reset net) and no valid
+        # gating.
         loads = [[] for _ in range(n)]
 
         def reg(stage_name, value, shape, name):
-            sig = Signal(shape, name=name)
+            sig = Signal(shape, name=name, reset_less=True)
             loads[stage[stage_name]].append(sig.eq(value))
             return sig
 
@@ -212,6 +214,10 @@ class Epilogue(wiring.Component):
         act_min = carry("bias_add", "clamp_compare", params.act_min, signed(8), "act_min")
         act_max = carry("bias_add", "clamp_compare", params.act_max, signed(8), "act_max")
         raw = carry("bias_add", "clamp_select", params.raw, 1, "raw")
+        # A raw row goes through the requantization datapath unchanged, not beside it (a 32-bit copy of s carried
+        # through eleven stages was a third of the epilogue's flops): no left shift, multiplier 1, so the product
+        # is s; y takes the product's low word instead of SRDHM; no right shift and no rounding addend, so the
+        # quotient is s. Only the two clamp stages carry it beside the 8-bit path.
 
         results = []
         for c in range(self._cols):
@@ -219,15 +225,16 @@ class Epilogue(wiring.Component):
             shift = params.shift[c]
 
             # Truncation to 32 bits is the wrap modulo 2**32.
-            s = carry("bias_add", "clamp_select", acc + params.bias[c], signed(32), f"s{c}")
-            left = reg("bias_add", Mux(shift[-1], 0, shift[:5]), unsigned(5), f"left{c}")
+            s = reg("bias_add", acc + params.bias[c], signed(32), f"s{c}")
+            left = reg("bias_add", Mux(shift[-1] | params.raw, 0, shift[:5]), unsigned(5), f"left{c}")
             # 6 bits: a right shift of 32 (shift = -32, outside the spec) is still a consistent RDBPOT.
-            right = carry("bias_add", "right_shift_coarse", Mux(shift[-1], -shift, 0), unsigned(6), f"right{c}")
+            right = carry("bias_add", "right_shift_coarse", Mux(shift[-1] & ~params.raw, -shift, 0), unsigned(6),
+                          f"right{c}")
             multiplier = reg("bias_add", params.multiplier[c], signed(32), f"multiplier{c}")
 
             # Multiplier inputs. The left shift wraps modulo 2**32 like the reference C code.
-            a = reg("left_shift", s["bias_add"] << left, signed(32), f"a{c}")
-            b = reg("left_shift", multiplier, signed(32), f"b{c}")
+            a = reg("left_shift", s << left, signed(32), f"a{c}")
+            b = reg("left_shift", Mux(raw["bias_add"], 1, multiplier), signed(32), f"b{c}")
 
             # a*b = hh*2**32 + (hl + lh)*2**16 + ll with signed high halves and unsigned low halves; each product
             # is at most 17x17 bits signed, one DSP block each.
@@ -253,7 +260,9 @@ class Epilogue(wiring.Component):
             # floor((p + 2**30) / 2**31) = (floor(p / 2**30) + 1) >> 1. Apart from the saturating case the result
             # lies in [-2**31 + 1, 2**31 - 1].
             srdhm = ((product >> 30) + 1) >> 1
-            y = reg("srdhm", Mux(saturate["product"], _INT32_MAX, srdhm), signed(32), f"y{c}")
+            # (A raw row's product is s: b = 1, so it never saturates.)
+            y = reg("srdhm", Mux(raw["product"], product[:32], Mux(saturate["product"], _INT32_MAX, srdhm)),
+                    signed(32), f"y{c}")
             # RDBPOT addends: 2**(e-1) for y >= 0 and 2**(e-1) - 1 = mask >> 1 for y < 0 (both 0 for e = 0).
             e = right["product"]
             half = reg("srdhm", (Const(1, 1) << e)[1:33], unsigned(32), f"half{c}")
@@ -277,12 +286,13 @@ class Epilogue(wiring.Component):
             narrow_above = reg("clamp_compare", narrow > above_from["right_shift"], 1, f"narrow_above{c}")
             narrow_below = reg("clamp_compare", narrow < below_from["right_shift"], 1, f"narrow_below{c}")
             low_byte = reg("clamp_compare", quotient[:8] + zero_point["right_shift"], signed(8), f"low_byte{c}")
+            raw_value = carry("clamp_compare", "clamp_select", quotient, signed(32), f"raw_value{c}")
 
             above = Mux(fits, narrow_above, ~negative) | inverted["clamp_compare"]
             below = Mux(fits, narrow_below, negative)
             clamped = Mux(above, act_max["clamp_compare"], Mux(below, act_min["clamp_compare"], low_byte))
             clamped = reg("clamp_select", clamped, signed(8), f"clamped{c}")
-            result = reg("output", Mux(raw["clamp_select"], s["clamp_select"], clamped), signed(32), f"result{c}")
+            result = reg("output", Mux(raw["clamp_select"], raw_value["clamp_select"], clamped), signed(32), f"result{c}")
             results.append(result)
 
         for k in range(n):

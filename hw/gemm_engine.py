@@ -1,6 +1,6 @@
 """The GEMM engine: systolic array, skew/de-skew, int32 accumulator memory and the fused epilogue."""
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -256,31 +256,38 @@ class GemmEngine(wiring.Component):
             ]
 
         # ---- Input skew: row r enters r * row_skew (= r) cycles after row 0. Bubbles carry zeros.
+        # The datapath registers from here to the epilogue have no reset (reset_less): what a reset leaves in
+        # them belongs to no valid vector or row (the valid bits alongside are reset), and off the reset net they
+        # leave it to the control logic (on an FPGA it is a general-routing net to every flop it reaches).
         for r in range(rows):
             token = Signal(activation_token(A_WIDTH), name=f"skew_{r}_0")
             m.d.comb += [token.data.eq(Mux(issue, self.act.payload[r], 0)), token.bank.eq(fd_bank)]
             for stage in range(r * array.row_skew):
-                delayed = Signal(activation_token(A_WIDTH), name=f"skew_{r}_{stage + 1}")
+                delayed = Signal(activation_token(A_WIDTH), name=f"skew_{r}_{stage + 1}", reset_less=True)
                 m.d.sync += delayed.eq(token)
                 token = delayed
             m.d.comb += array.a_in[r].eq(token)
 
         # ---- Sideband delay line: which accumulator row a vector's sums go to, aligned with the de-skew.
+        # Only the valid bits are reset.
         sideband_layout = data.StructLayout({"valid": 1, "last": 1, "addr": unsigned(aw), "accumulate": 1})
         sideband = Signal(sideband_layout, name="sideband_0")
         m.d.comb += [sideband.valid.eq(issue), sideband.last.eq(fd_remaining == 1), sideband.addr.eq(fd_addr),
                      sideband.accumulate.eq(fd_accumulate)]
         for stage in range(self.pipeline_depth):
             delayed = Signal(sideband_layout, name=f"sideband_{stage + 1}")
-            m.d.sync += delayed.eq(sideband)
+            delayed_valid = Signal(name=f"sideband_{stage + 1}_valid")
+            delayed_rest = Signal(sideband_layout.size - 1, name=f"sideband_{stage + 1}_rest", reset_less=True)
+            m.d.sync += [delayed_valid.eq(sideband.valid), delayed_rest.eq(sideband.as_value()[1:])]
+            m.d.comb += delayed.eq(Cat(delayed_valid, delayed_rest))
             sideband = delayed
 
         # ---- Output de-skew: column c waits cols - 1 - c cycles so a whole row arrives at once.
-        psum_row = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols))
+        psum_row = Signal(data.ArrayLayout(signed(self.psum_width), cols))
         for c in range(cols):
             value = array.psum_out[c]
             for stage in range(cols - 1 - c):
-                delayed = Signal(signed(self.psum_width), name=f"deskew_{c}_{stage}")
+                delayed = Signal(signed(self.psum_width), name=f"deskew_{c}_{stage}", reset_less=True)
                 m.d.sync += delayed.eq(value)
                 value = delayed
             m.d.comb += psum_row[c].eq(value)
@@ -293,11 +300,13 @@ class GemmEngine(wiring.Component):
         rmw_layout = data.StructLayout({"valid": 1, "last": 1, "accumulate": 1, "addr": unsigned(aw)})
         row_layout = data.ArrayLayout(signed(ACC_WIDTH), cols)
         s1, s2 = Signal(rmw_layout, name="rmw_s1"), Signal(rmw_layout, name="rmw_s2")
-        s1_psum, s2_psum = Signal(row_layout, name="rmw_s1_psum"), Signal(row_layout, name="rmw_s2_psum")
-        s2_read = Signal(row_layout, name="rmw_s2_read")
+        s1_psum = Signal(data.ArrayLayout(signed(self.psum_width), cols), name="rmw_s1_psum", reset_less=True)
+        s2_psum = Signal(data.ArrayLayout(signed(self.psum_width), cols), name="rmw_s2_psum", reset_less=True)
+        s2_read = Signal(row_layout, name="rmw_s2_read", reset_less=True)
         write_data = Signal(row_layout, name="rmw_write_data")
-        last_write = Signal(row_layout, name="rmw_last_write")  # the row written in the previous cycle
-        forward = Signal(row_layout, name="rmw_forward")
+        # the row written in the previous cycle
+        last_write = Signal(row_layout, name="rmw_last_write", reset_less=True)
+        forward = Signal(row_layout, name="rmw_forward", reset_less=True)
         hit_next, hit_prev = Signal(name="rmw_hit_next"), Signal(name="rmw_hit_prev")
         use_forward, use_read = Signal(name="rmw_use_forward"), Signal(name="rmw_use_read")
         m.d.comb += [acc_rmw.addr.eq(sideband.addr), acc_rmw.en.eq(1)]
@@ -334,14 +343,15 @@ class GemmEngine(wiring.Component):
         # epilogue's and the STORE unit's ready chain.
         st_remaining = Signal(aw + 1)
         st_addr = Signal(aw)
-        st_params = Signal(epilogue_params_layout(cols))
+        # The rows and parameters have no reset: only the valid bits say what they hold.
+        st_params = Signal(epilogue_params_layout(cols), reset_less=True)
         rd_valid = Signal()
         q_valid = Signal(name="st_q_valid")
-        q_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_q_acc")
-        q_params = Signal(epilogue_params_layout(cols), name="st_q_params")
+        q_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_q_acc", reset_less=True)
+        q_params = Signal(epilogue_params_layout(cols), name="st_q_params", reset_less=True)
         side_valid = Signal(name="st_side_valid")
-        side_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_side_acc")
-        side_params = Signal(epilogue_params_layout(cols), name="st_side_params")
+        side_acc = Signal(data.ArrayLayout(signed(ACC_WIDTH), cols), name="st_side_acc", reset_less=True)
+        side_params = Signal(epilogue_params_layout(cols), name="st_side_params", reset_less=True)
         # The command is registered first: ``st_cmd.ready`` is a register, the command register follows the
         # payload while nothing is held (its enable does not wait on the STORE unit's valid, which only sets
         # ``held``), and the read side starts from the held command.

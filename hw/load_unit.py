@@ -204,13 +204,14 @@ class LoadUnit(wiring.Component):
         d_left = Signal(16)                     # rows not yet written
         d_addr = Signal(16)                     # buffer entry of that row
         beat_sel = Signal(max_beats + 1, init=1)  # one-hot index of the next beat within its row
-        assembly = Signal(8 * entry_size)       # entry bytes received so far
+        # entry bytes received so far; like wr_data no reset (every byte kept is written by the row's beats first)
+        assembly = Signal(8 * entry_size, reset_less=True)
         error = Signal()
         # ---- Registered buffer write.
         wr_en = Signal()
         wr_buffer = Signal(2)
         wr_addr = Signal(16)
-        wr_data = Signal(8 * entry_size)
+        wr_data = Signal(8 * entry_size, reset_less=True)
 
         executing = Signal()
         beat = Signal()

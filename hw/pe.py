@@ -96,6 +96,13 @@ class ProcessingElement(wiring.Component):
     Every adder is a two-input carry chain between registers: Yosys merges a multi-operand sum into a carry-save
     tree of LUTs, which for this product cost 60% more logic (a PE is about 74 LUT4, 53 CCU2C and 146 flops).
 
+    No register of the PE has a reset (``reset_less``): every value it holds is overwritten before it is used.
+    Weights are written before the first activation that names their bank; an activation token or partial sum
+    left in the pipeline by a reset belongs to a wavefront whose column sum the GEMM engine never writes (its
+    sideband valid bit is reset), and a partial sum only ever adds products of its own wavefront. So the array adds
+    no load to the reset net, which on an FPGA otherwise reaches every flop of the design (a 16x16 accelerator had
+    66,600 flops on it).
+
     Because the bank bit travels with the activation and the weight is sampled in the cycle the activation
     arrives, a new weight tile written into the idle bank takes effect exactly with the first activation of the
     next tile: tiles stream back to back without draining the array, and the weight-reuse rule is the same as for
@@ -181,7 +188,7 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        weights = [Signal(signed(self._w_width), name=f"weight{b}") for b in range(2)]
+        weights = [Signal(signed(self._w_width), name=f"weight{b}", reset_less=True) for b in range(2)]
         with m.If(self.w_we):
             with m.If(self.w_bank):
                 m.d.sync += weights[1].eq(self.w_data)
@@ -190,27 +197,30 @@ class ProcessingElement(wiring.Component):
 
         # select: the bank is chosen in the activation's arrival cycle, so the weight-reuse rule is that of an
         # unpipelined PE; the registered weight and activation feed the multiplier directly.
-        weight = Signal(signed(self._w_width))
+        weight = Signal(signed(self._w_width), reset_less=True)
+        a_reg = Signal(activation_token(self._a_width), name="a_reg", reset_less=True)
+        psum = Signal.like(self.psum_out, name="psum", reset_less=True)
+        m.d.comb += [self.a_out.eq(a_reg), self.psum_out.eq(psum)]
         m.d.sync += [
-            self.a_out.eq(self.a_in),
+            a_reg.eq(self.a_in),
             weight.eq(Mux(self.a_in.bank, weights[1], weights[0])),
         ]
-        product = Signal(signed(self._a_width + self._w_width))
+        product = Signal(signed(self._a_width + self._w_width), reset_less=True)
         if self._multiplier == "dsp":
             # partial: the whole product from one multiplier between registers; half, multiply: two delay stages
-            partial = Signal.like(product, name="product_partial")
-            half = Signal.like(product, name="product_half")
-            m.d.sync += [partial.eq(self.a_out.data * weight), half.eq(partial), product.eq(half)]
+            partial = Signal.like(product, name="product_partial", reset_less=True)
+            half = Signal.like(product, name="product_half", reset_less=True)
+            m.d.sync += [partial.eq(a_reg.data * weight), half.eq(partial), product.eq(half)]
         else:
             # partial: the weight's bits taken two at a time, each pair one carry chain
             if self._multiplier == "carry":
                 sums = [(shift, and_pair_adder(m, f"pair_sum{i}", terms, subtract=subtract).as_signed())
-                        for i, (shift, terms, subtract) in enumerate(partial_product_terms(self.a_out.data, weight))]
+                        for i, (shift, terms, subtract) in enumerate(partial_product_terms(a_reg.data, weight))]
             else:
-                sums = partial_products(self.a_out.data, weight)
+                sums = partial_products(a_reg.data, weight)
             pairs = []
             for i, (shift, value) in enumerate(sums):
-                pair = Signal(signed(len(value)), name=f"pair{i}")
+                pair = Signal(signed(len(value)), name=f"pair{i}", reset_less=True)
                 m.d.sync += pair.eq(value)
                 pairs.append((shift, pair))
             # half: the pair sums added two by two (one carry chain each)
@@ -218,11 +228,11 @@ class ProcessingElement(wiring.Component):
             for i in range(0, len(pairs), 2):
                 (shift, low), rest = pairs[i], pairs[i + 1:i + 2]
                 value = low + sum(high << (high_shift - shift) for high_shift, high in rest)
-                half = Signal(signed(len(value)), name=f"half{i // 2}")
+                half = Signal(signed(len(value)), name=f"half{i // 2}", reset_less=True)
                 m.d.sync += half.eq(value)
                 halves.append((shift, half))
             # multiply: the halves added into the product (one carry chain for an 8-bit weight: two halves)
             m.d.sync += product.eq(sum(half << shift for shift, half in halves))
         # accumulate
-        m.d.sync += self.psum_out.eq((self.psum_in + product)[:self._acc_width])
+        m.d.sync += psum.eq((self.psum_in + product)[:self._acc_width])
         return m

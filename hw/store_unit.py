@@ -177,7 +177,7 @@ class StoreUnit(wiring.Component):
         m.d.comb += self.fault_index.eq(entry.index)
 
         # ---- Epilogue parameters: the PARAM entry unpacked, with the instruction's raw bit.
-        params = Signal(epilogue_params_layout(cols))
+        params = Signal(epilogue_params_layout(cols), reset_less=True)   # latched before every st_cmd
         stored = data.View(param_entry_layout(cols), self.param_rd_data)
         m.d.comb += [self.param_rd_addr.eq(ins.param_addr), self.st_cmd.payload.params.eq(params),
                      self.st_cmd.payload.acc_addr.eq(ins.acc_addr), self.st_cmd.payload.count.eq(ins.count)]
@@ -205,8 +205,8 @@ class StoreUnit(wiring.Component):
         in_left = Signal(16)            # rows still to come from the engine
         rows_due = Signal()             # in_left != 0, as a register: out.ready is one gate on registers
         cur_valid, nxt_valid = Signal(), Signal()
-        cur_row = Signal(data.ArrayLayout(signed(32), cols))
-        nxt_row = Signal(data.ArrayLayout(signed(32), cols))
+        cur_row = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)   # held while cur_valid
+        nxt_row = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)   # held while nxt_valid
         m.d.comb += self.out.ready.eq(executing & ~nxt_valid & rows_due)
         incoming = self.out.valid & self.out.ready
         with m.If(incoming):

@@ -602,11 +602,23 @@ def resources_known(tgt: Target, cells: dict[str, int], pnr_log: str) -> dict:
 _SRC_ATTRIBUTE = re.compile(r'\(\* src = "[^"]*" \*\)')
 
 
+#: The number in a generated name: ``$17``, ``port$2439$0``, ``cin$83``.
+_NAME_NUMBER = re.compile(r"\$(\d+)")
+
+
+def canonical_verilog(verilog_text: str) -> str:
+    """The Verilog without what does not change the netlist: source locations (Amaranth's ``src`` attributes:
+    moving a line of Python, or checking the tree out elsewhere) and the numbering of generated names, which
+    depends on what the Python process elaborated before (renumbered in order of first appearance)."""
+    numbers = {}
+    return _NAME_NUMBER.sub(lambda match: f"${numbers.setdefault(match.group(1), len(numbers))}",
+                            _SRC_ATTRIBUTE.sub("", verilog_text))
+
+
 def inputs_digest(verilog_text: str, options: list) -> str:
-    """What ``reuse`` compares (``inputs_sha256``): SHA-256 of the Verilog and the flow's options. Source locations
-    (Amaranth's ``src`` attributes) are left out: moving a line of Python, or checking the tree out elsewhere,
-    does not change the netlist, and a 16x16 run takes hours."""
-    digest = hashlib.sha256(_SRC_ATTRIBUTE.sub("", verilog_text).encode())
+    """What ``reuse`` compares (``inputs_sha256``): SHA-256 of the :func:`canonical_verilog` and the flow's
+    options, so that only a different netlist or option runs the tools again (a 16x16 run takes hours)."""
+    digest = hashlib.sha256(canonical_verilog(verilog_text).encode())
     digest.update(json.dumps(options).encode())
     return digest.hexdigest()
 

@@ -7,6 +7,7 @@ WebAssembly has been compiled into ~/.cache/YoWASP); nextpnr's seed is fixed, so
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hw.fpga.flow import (EPILOGUE_DSPS_PER_COLUMN, DoesNotFit, _reusable, _tabl
                           resolve_pe_multiplier, resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
-from hw.pe import partial_product_terms
+from hw.pe import ProcessingElement, partial_product_terms
 
 
 def check_report(report, *, target, design, rows, cols):
@@ -83,6 +84,25 @@ def test_inputs_digest_ignores_source_locations():
     assert inputs_digest(a, ["ecp5-85k", 150]) == inputs_digest(moved, ["ecp5-85k", 150])
     assert inputs_digest(a, ["ecp5-85k", 150]) != inputs_digest(a.replace("[7:0]", "[8:0]"), ["ecp5-85k", 150])
     assert inputs_digest(a, ["ecp5-85k", 150]) != inputs_digest(a, ["ecp5-85k", 140])
+
+
+def test_inputs_digest_ignores_the_numbering_of_generated_names():
+    # The same netlist elaborated by another process numbers its generated names differently: a real PE's
+    # Verilog with every number shifted (and two swapped) must give the same digest; a changed netlist must not.
+    from amaranth.back import verilog
+    text = verilog.convert(ProcessingElement(multiplier="carry"), name="pe")
+    numbers = sorted({int(n) for n in re.findall(r"\$(\d+)", text)})
+    assert len(numbers) > 10, numbers
+    swap = {numbers[0]: numbers[1], numbers[1]: numbers[0]}
+    renumbered = re.sub(r"\$(\d+)", lambda m: f"${swap.get(int(m.group(1)), int(m.group(1))) + 1000}", text)
+    assert renumbered != text
+    options = ["ecp5-85k", 150]
+    assert inputs_digest(renumbered, options) == inputs_digest(text, options)
+    # Two generated names merged into one is a different netlist.
+    merged = re.sub(rf"\${numbers[1]}\b", f"${numbers[0]}", text)
+    assert inputs_digest(merged, options) != inputs_digest(text, options)
+    changed = verilog.convert(ProcessingElement(multiplier="carry", acc_width=33), name="pe")
+    assert inputs_digest(changed, options) != inputs_digest(text, options)
 
 
 def test_reuse_skips_an_unchanged_configuration(ecp5_report):
