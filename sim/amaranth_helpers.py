@@ -10,9 +10,10 @@ from __future__ import annotations
 import gc
 import random
 
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-__all__ = ["stream_put", "stream_get", "run_simulation", "Throttle"]
+__all__ = ["stream_put", "stream_get", "run_simulation", "Throttle", "reset_registers"]
 
 
 class Throttle:
@@ -87,3 +88,20 @@ def run_simulation(dut, *testbenches, background=(), deadline_cycles: int = 100_
         # Close suspended background testbenches now, not while pytest builds a report (CPython 3.11 can then
         # crash with "AST constructor recursion depth mismatch").
         gc.collect()
+
+
+def reset_registers(elaboratable, domain: str = "sync") -> dict[str, int]:
+    """The registers of ``domain`` in ``elaboratable`` and its submodules that have a reset (not ``reset_less``),
+    as ``{hierarchical name: width}``: what the domain's reset net reaches once synthesized."""
+    found = {}
+
+    def walk(fragment, path):
+        for stmt in fragment.statements.get(domain, ()):
+            for signal in stmt._lhs_signals():
+                if not signal.reset_less:
+                    found[".".join((*path, signal.name))] = len(signal)
+        for sub, name, _ in fragment.subfragments:
+            walk(sub, (*path, name or "?"))
+
+    walk(Fragment.get(elaboratable, None), ())
+    return found

@@ -10,7 +10,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from hw.epilogue import Epilogue, epilogue_params_layout
-from sim.amaranth_helpers import Throttle, run_simulation, stream_get, stream_put
+from sim.amaranth_helpers import Throttle, reset_registers, run_simulation, stream_get, stream_put
 from sim.arith import INT32_MAX, INT32_MIN
 from sim.golden_blocks import epilogue_row_params, ref_epilogue
 
@@ -328,3 +328,12 @@ def test_verilog_conversion():
     assert "module epilogue" in text
     for port in ("i__valid", "i__ready", "o__valid", "o__ready", "i__payload", "o__payload"):
         assert port in text, f"port {port} missing from the generated Verilog"
+
+
+@pytest.mark.parametrize("cols", [1, 4])
+def test_only_flow_control_registers_have_a_reset(cols):
+    # The data registers load with their stage and are read only while its valid bit is set: no reset. What the
+    # reset reaches is each stage's valid bit and its two flow-control registers, whatever the column count.
+    epilogue = Epilogue(cols=cols)
+    expected = {f"{stage}_{kind}": 1 for stage in Epilogue.STAGES for kind in ("valid", "full_from", "has_room")}
+    assert reset_registers(epilogue) == expected

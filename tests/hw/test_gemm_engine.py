@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hw.gemm_engine import GemmEngine, store_command_layout
-from sim.amaranth_helpers import Throttle, run_simulation, stream_get, stream_put
+from sim.amaranth_helpers import Throttle, reset_registers, run_simulation, stream_get, stream_put
 from sim.arith import INT32_MAX, INT32_MIN
 from sim.engine_ref import MatmulOp, StoreOp, check_plan, pack_params, ref_engine
 
@@ -251,3 +251,17 @@ def test_engine_store_latency():
 def test_engine_parameter_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GemmEngine(**kwargs)
+
+
+def test_reset_reaches_control_only():
+    # The datapath (array, skew and de-skew, read-modify-write rows, STORE rows and parameters, epilogue data) has no
+    # reset: only valid bits, counters and commands do. So the bits on the reset net grow with the sideband's valid
+    # bits (one per pipeline stage) and the counters' widths, not with rows x cols or a row of partial sums.
+    small, large = GemmEngine(rows=2, cols=2), GemmEngine(rows=8, cols=8)
+    bits = {n: sum(reset_registers(engine).values()) for n, engine in ((2, small), (8, large))}
+    growth = bits[8] - bits[2]
+    stages = large.pipeline_depth - small.pipeline_depth
+    assert 0 < growth <= 2 * stages, (bits, sorted(reset_registers(large).items()))
+    # No reset register is as wide as a row of partial sums.
+    widest = max(reset_registers(large).items(), key=lambda item: item[1])
+    assert widest[1] < large.cols * large.psum_width, widest

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from hw.pe import MULTIPLIERS, ProcessingElement
-from sim.amaranth_helpers import run_simulation
+from sim.amaranth_helpers import reset_registers, run_simulation
 
 
 def wrap(value, width):
@@ -117,6 +117,13 @@ def test_pe_measured_latencies(multiplier):
     assert a_seen == [a_cycle + pe.activation_latency]
     assert psum_seen == [a_cycle + pe.latency, psum_cycle + pe.psum_latency]
     assert [got[t - 1][2] for t in psum_seen] == [5, 100]
+
+
+@pytest.mark.parametrize("multiplier", MULTIPLIERS)
+def test_pe_registers_have_no_reset(multiplier):
+    # Every PE register is overwritten before it is used, so none is on the reset net (on an FPGA that net reaches
+    # every flop it resets through general routing: 66,600 flops of a 16x16 accelerator when the PEs had resets).
+    assert reset_registers(ProcessingElement(multiplier=multiplier)) == {}
 
 
 def test_partial_products_int8():
