@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
-PNR_TIMEOUT ?= 3600
+PNR_TIMEOUT ?= 7200
 # nextpnr router for synth/scaling (empty: nextpnr's default, router1); DSP_PES: PEs on DSP blocks (auto: 0 up to 8x8);
 # PE_MULTIPLIER: the other PEs' multiplier (auto: ECP5 carry cells on ECP5, fabric on iCE40)
 ROUTER ?=
