@@ -87,7 +87,8 @@ DENSE_LUT_PCT = 90
 def auto_dsp_pes(target: str | Target, rows: int, cols: int) -> int:
     """The ``dsp_pes`` that ``"auto"`` means: 0 up to :data:`FABRIC_ONLY_PES` PEs, else as many PEs as the DSP
     blocks left over by the epilogue can hold (a 16x16 array on an ECP5-85k: 156 - 16 * 4 = 92 PEs), which takes
-    about 140 LUT4s off each of them (a fabric-only 16x16 fills 97.6% of the LUTs and does not place)."""
+    about 140 LUT4s off each of them (with the LUT PE a fabric-only 16x16 fills 97.6% of the LUTs and does not
+    place; with carry-cell PEs it fills 76% but routes more slowly than with 92 DSP PEs, docs/fpga.md)."""
     tgt = get_target(target) if isinstance(target, str) else target
     dsp = tgt.resources.get("dsp")
     if rows * cols <= FABRIC_ONLY_PES or dsp is None:
