@@ -83,6 +83,9 @@ FABRIC_ONLY_PES = 64
 #: accelerator, 97.6% of an ECP5-85k's LUT4s, was still in nextpnr's placer after 25 minutes).
 DENSE_LUT_PCT = 90
 
+#: Seconds between two progress lines of one nextpnr phase (a new phase is shown at once).
+PROGRESS_INTERVAL_S = 60.0
+
 
 def auto_dsp_pes(target: str | Target, rows: int, cols: int) -> int:
     """The ``dsp_pes`` that ``"auto"`` means: 0 up to :data:`FABRIC_ONLY_PES` PEs, else as many PEs as the DSP
@@ -239,6 +242,45 @@ def check_fit(target: Target, cells: dict[str, int]) -> tuple[str, int] | None:
 
 _UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
 _UNPLACEABLE = re.compile(r"ERROR: Unable to place cell '[^']*', no BELs remaining to implement cell type '(\w+)'")
+
+
+_PNR_ROUTER1_ROW = re.compile(r"^Info:\s+\d+ \|.*\|\s*(\d+)\|\s*[\d.]+\s+([\d.]+)\|\s*$", re.M)
+_PNR_ROUTER2_ITER = re.compile(r"^Info:\s+iter=(\d+) wires=\d+ overused=(\d+)", re.M)
+_PNR_HEAP_ITER = re.compile(r"^Info:\s+at iteration #(\d+), type ALL", re.M)
+_PNR_SA_ITER = re.compile(r"^Info:\s+at iteration #(\d+): temp", re.M)
+
+
+def pnr_progress(log_text: str) -> str | None:
+    """Where a nextpnr run is, from its log so far, as one short line (None before packing is done): the flow
+    prints it while nextpnr runs, because a 16x16 place-and-route takes the better part of an hour."""
+    def last(pattern):
+        found = None
+        for found in pattern.finditer(log_text):
+            pass
+        return found
+
+    if "Info: Program finished normally." in log_text:
+        return "done"
+    if "Routing complete." in log_text or "Critical path report" in log_text:
+        return "routed; timing analysis"
+    if (total := re.search(r"Info: Routing (\d+) arcs\.", log_text)) is not None:
+        if (row := last(_PNR_ROUTER1_ROW)) is not None:
+            return (f"routing (router1): {int(row.group(1)):,} of {int(total.group(1)):,} arcs left after "
+                    f"{float(row.group(2)):.0f} s")
+        return f"routing (router1): {int(total.group(1)):,} arcs"
+    if (row := last(_PNR_ROUTER2_ITER)) is not None:
+        return f"routing (router2): iteration {row.group(1)}, {int(row.group(2)):,} overused wires"
+    if "Running router2" in log_text or "Routing globals" in log_text:
+        return "routing"
+    if "Running simulated annealing placer" in log_text:
+        row = last(_PNR_SA_ITER)
+        return "placing (simulated annealing)" + (f": iteration {row.group(1)}" if row else "")
+    if "Creating initial analytic placement" in log_text:
+        row = last(_PNR_HEAP_ITER)
+        return "placing (analytic, HeAP)" + (f": iteration {row.group(1)}" if row else "")
+    if _table_complete(log_text):
+        return "packed"
+    return None
 
 
 def _table_complete(log_text: str) -> bool:
@@ -541,7 +583,16 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         stage = "packing (nextpnr's utilisation table)" if used > available else "placement (nextpnr)"
         return not_fit(kind, used, available, stage)
 
+    # Progress: a line when nextpnr enters a new phase, and at most one a minute within a phase.
+    shown = {"line": None, "phase": None, "at": time.monotonic()}
+
     def watch(text):
+        line = pnr_progress(text)
+        if line is not None and line != shown["line"]:
+            phase = line.split(":")[0]
+            if phase != shown["phase"] or time.monotonic() - shown["at"] >= PROGRESS_INTERVAL_S:
+                say(f"[{target} {label}] nextpnr {line} ({time.monotonic() - t0:.0f} s in nextpnr)")
+                shown.update(line=line, phase=phase, at=time.monotonic())
         return overflow_error(text) if _table_complete(text) else None
 
     try:

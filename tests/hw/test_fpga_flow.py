@@ -17,7 +17,7 @@ from amaranth import Signal, signed
 from hw.ecp5_carry import AND_PAIR_ADD, AND_PAIR_SUB
 from hw.fpga.__main__ import main
 from hw.fpga.flow import (EPILOGUE_DSPS_PER_COLUMN, DoesNotFit, _reusable, _table_complete, auto_dsp_pes,
-                          build_design, check_fit, config_label, inputs_digest, parse_pnr_overflow, report_path, resolve_dsp_pes,
+                          build_design, check_fit, config_label, inputs_digest, parse_pnr_overflow, pnr_progress, report_path, resolve_dsp_pes,
                           resolve_pe_multiplier, resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
@@ -312,3 +312,34 @@ def test_bad_arguments(capsys):
     assert "expected an integer or 'auto', not 'lots'" in capsys.readouterr().err
     assert main(["synth", "--design", "engine", "--rows", "2", "--cols", "2", "--dsp-pes", "9"]) == 2
     assert "DSP PE count must be an integer from 0 to rows * cols = 4, not 9" in capsys.readouterr().err
+
+
+def test_pnr_progress_follows_nextpnr_phases():
+    # Lines in nextpnr 0.11's own formats (from a 16x16 ECP5 run and a router2 run), fed in as the log grows.
+    log = [
+        "Info: Packing IOs..\n",
+        "Info: Device utilisation:\n",
+        "Info: \t          TRELLIS_FF:   63224/  83640    75%\n",
+        "Info: \t        TRELLIS_COMB:   54189/  83640    64%\n",
+        "\n",
+        "Info: Creating initial analytic placement for 53514 cells, random placement wirelen = 6684198.\n",
+        "Info:     at iteration #7, type ALL: wirelen solved = 293622, spread = 667855, legal = 796988; time = 19.24s\n",
+        "Info: Running simulated annealing placer for refinement.\n",
+        "Info:   at iteration #35: temp = 0.000000, timing cost = 2001, wirelen = 617248\n",
+        "Info: Routing globals...\n",
+        "Info: Routing 260554 arcs.\n",
+        "Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |\n",
+        "Info:     441000 |    90267     344097 |  366   634 |     81972|       4.05     905.24|\n",
+        "Info: Routing complete.\n",
+        "Info: Program finished normally.\n",
+    ]
+    seen = [pnr_progress("".join(log[:n])) for n in range(len(log) + 1)]
+    assert seen[0] is None                               # nothing packed yet
+    assert "packed" in seen
+    assert "placing (analytic, HeAP): iteration 7" in seen
+    assert "placing (simulated annealing): iteration 35" in seen
+    assert "routing (router1): 260,554 arcs" in seen
+    assert "routing (router1): 81,972 of 260,554 arcs left after 905 s" in seen
+    assert seen[-2] == "routed; timing analysis" and seen[-1] == "done"
+    router2 = "Info: Running router2...\nInfo:     iter=12 wires=1402148 overused=16898 overuse=17215 archfail=NA\n"
+    assert pnr_progress(router2) == "routing (router2): iteration 12, 16,898 overused wires"
