@@ -292,7 +292,8 @@ class Epilogue(wiring.Component):
             below = Mux(fits, narrow_below, negative)
             clamped = Mux(above, act_max["clamp_compare"], Mux(below, act_min["clamp_compare"], low_byte))
             clamped = reg("clamp_select", clamped, signed(8), f"clamped{c}")
-            result = reg("output", Mux(raw["clamp_select"], raw_value["clamp_select"], clamped), signed(32), f"result{c}")
+            result = reg("output", Mux(raw["clamp_select"], raw_value["clamp_select"], clamped), signed(32),
+                         f"result{c}")
             results.append(result)
 
         for k in range(n):

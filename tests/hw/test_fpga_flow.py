@@ -17,8 +17,8 @@ from amaranth import Signal, signed
 from hw.ecp5_carry import AND_PAIR_ADD, AND_PAIR_SUB
 from hw.fpga.__main__ import main
 from hw.fpga.flow import (EPILOGUE_DSPS_PER_COLUMN, DoesNotFit, _reusable, _table_complete, auto_dsp_pes,
-                          build_design, check_fit, config_label, inputs_digest, parse_pnr_overflow, pnr_progress, report_path, resolve_dsp_pes,
-                          resolve_pe_multiplier, resources_known, synthesize)
+                          build_design, check_fit, config_label, inputs_digest, parse_pnr_overflow, pnr_progress,
+                          report_path, resolve_dsp_pes, resolve_pe_multiplier, resources_known, synthesize)
 from hw.fpga.report import SCALING_COLUMNS, _row, format_table, parse_sizes, write_scaling
 from hw.fpga.targets import RESOURCE_KINDS, TARGETS, get_target
 from hw.pe import ProcessingElement, partial_product_terms
@@ -323,7 +323,8 @@ def test_pnr_progress_follows_nextpnr_phases():
         "Info: \t        TRELLIS_COMB:   54189/  83640    64%\n",
         "\n",
         "Info: Creating initial analytic placement for 53514 cells, random placement wirelen = 6684198.\n",
-        "Info:     at iteration #7, type ALL: wirelen solved = 293622, spread = 667855, legal = 796988; time = 19.24s\n",
+        "Info:     at iteration #7, type ALL: wirelen solved = 293622, spread = 667855, legal = 796988; "
+        "time = 19.24s\n",
         "Info: Running simulated annealing placer for refinement.\n",
         "Info:   at iteration #35: temp = 0.000000, timing cost = 2001, wirelen = 617248\n",
         "Info: Routing globals...\n",
