@@ -92,7 +92,10 @@ def run_simulation(dut, *testbenches, background=(), deadline_cycles: int = 100_
 
 def reset_registers(elaboratable, domain: str = "sync") -> dict[str, int]:
     """The registers of ``domain`` in ``elaboratable`` and its submodules that have a reset (not ``reset_less``),
-    as ``{hierarchical name: width}``: what the domain's reset net reaches once synthesized."""
+    as ``{hierarchical name: width}``: what the domain's reset net reaches once synthesized.
+
+    Amaranth 0.5 has no public query for the signals a domain drives, so this walks the elaborated fragments and
+    their statements' ``_lhs_signals()``; a test helper only, for the structural tests of the blocks."""
     found = {}
 
     def walk(fragment, path):
