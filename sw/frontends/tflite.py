@@ -566,21 +566,20 @@ def reference_run(path, inputs, *, num_threads=1) -> np.ndarray:
         raise ValueError(f"reference_run needs int8 inputs, not {x.dtype}")
     if x.shape[1:] != tuple(inp["shape"][1:]):
         raise ValueError(f"inputs must have shape (N, {', '.join(map(str, inp['shape'][1:]))}), not {x.shape}")
+    graph = None
+    if inp["dtype"] == np.float32 or out["dtype"] == np.float32:
+        graph = load_tflite(path)           # the int8 tensors behind QUANTIZE / DEQUANTIZE
     results = []
     for sample in x:
         v = sample[np.newaxis]
         if inp["dtype"] == np.float32:
             # The model quantizes its float input itself; hand it the real values of the int8 sample.
-            s, z = inp["quantization"]
-            if not s:
-                raise ValueError("the model's float input has no quantization to map int8 values to")
-            v = (np.float32(s) * (v.astype(np.float32) - np.float32(z))).astype(np.float32)
+            v = graph.input.quant.dequantize(v)
         interp.set_tensor(inp["index"], v)
         interp.invoke()
         y = interp.get_tensor(out["index"])
         if y.dtype == np.float32:
-            s, z = out["quantization"]
-            y = np.clip(np.floor(np.abs(y / np.float32(s)) + 0.5) * np.sign(y) + z, -128, 127).astype(np.int8)
+            y = graph.output.quant.quantize(y)
         results.append(y[0].copy())
     return np.stack(results)
 
