@@ -212,3 +212,9 @@ def test_load_model_dispatch():
     assert model_kind(npz) == "npz"
     graph = load_model(npz)
     assert graph.source == "npz" and graph.nodes[0].op == "conv2d"
+
+
+def test_missing_extra_says_which_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tflite", None)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[model\]'"):
+        load_tflite(DSCNN)
