@@ -21,12 +21,14 @@ Conventions
   (``multiplier`` int32 in [2**30, 2**31) or 0, ``shift`` int32 with positive = left; one entry per output
   channel, a per-tensor weight scale repeated): ``y = clamp(MultiplyByQuantizedMultiplier(acc, multiplier, shift)
   + Z_out, act_min, act_max)`` with :func:`sim.arith.requantize`. Fused ReLU / ReLU6 / clamps are ``act_min`` /
-  ``act_max``.
+  ``act_max``. ``rounding`` says how MultiplyByQuantizedMultiplier rounds: ``"double"`` (gemmlowp's SRDHM then
+  RDBPOT, TFLite's default and the accelerator's epilogue) or ``"single"`` (TFLITE_SINGLE_ROUNDING; LiteRT's
+  reference FULLY_CONNECTED rounds so).
 * Padding is explicit: ``(top, bottom, left, right)``. Conv taps in the padding read the input zero point (they
   contribute nothing); pooling ignores padded taps (average pool divides by the in-bounds count).
 
 :meth:`Graph.validate` checks all of it and raises :class:`GraphError` naming the node (index, name, op) and the
-cause. :func:`sw.reference.graph_forward` (the int8 reference kernels, bit-exact with TFLite's) runs a graph.
+cause. :func:`sw.kernels.graph_forward` (the int8 reference kernels, bit-exact with TFLite's) runs a graph.
 """
 
 from __future__ import annotations
@@ -265,6 +267,11 @@ def _weights_and_bias(node, weight_ndim, channels_axis=-1):
     object.__setattr__(node, "bias", b)
     _weight_scale(node, channels)
     _requant_fields(node, channels)
+    if node.rounding not in ("double", "single"):
+        raise node.error(f"rounding must be 'double' (TFLite's default, the accelerator's) or 'single' "
+                         f"(TFLITE_SINGLE_ROUNDING), not {node.rounding!r}")
+    if node.rounding == "single" and np.any(node.shift > 30):
+        raise node.error("single rounding needs shifts <= 30")
     return channels
 
 
@@ -281,6 +288,7 @@ class Conv2D(Node):
     dilation: tuple = (1, 1)
     act_min: int = -128
     act_max: int = 127
+    rounding: str = "double"          # sim.arith.ROUNDINGS
 
     op: ClassVar[str] = "conv2d"
     gemm: ClassVar[bool] = True
@@ -342,6 +350,7 @@ class DepthwiseConv2D(Node):
     dilation: tuple = (1, 1)
     act_min: int = -128
     act_max: int = 127
+    rounding: str = "double"
 
     op: ClassVar[str] = "depthwise_conv2d"
 
@@ -389,6 +398,7 @@ class FullyConnected(Node):
     shift: np.ndarray = None
     act_min: int = -128
     act_max: int = 127
+    rounding: str = "double"
 
     op: ClassVar[str] = "fully_connected"
     gemm: ClassVar[bool] = True
