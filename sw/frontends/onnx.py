@@ -36,16 +36,15 @@ from typing import Callable
 
 import numpy as np
 
-from sim.arith import quantize_multiplier
+from sim.arith import preprocess_softmax_scaling, quantize_multiplier
 from sw import ir
 
+from .common import ModelImportError, require
+
 __all__ = ["OnnxImportError", "FloatModelError", "load_onnx", "import_model", "quantize_float_model",
-           "reference_run", "to_graph_inputs", "from_graph_outputs", "SUPPORTED_OPS", "is_onnx_file"]
+           "reference_run", "agreement", "to_graph_inputs", "from_graph_outputs", "SUPPORTED_OPS", "is_onnx_file"]
 
-_EXTRA_HINT = "install the model extra: pip install -e .[model]"
-
-
-class OnnxImportError(ValueError):
+class OnnxImportError(ModelImportError):
     """An ONNX model the toolkit cannot import exactly (the message names the node, op type and cause)."""
 
 
@@ -54,19 +53,11 @@ class FloatModelError(OnnxImportError):
 
 
 def _require_onnx():
-    try:
-        import onnx  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - the model extra is installed in CI
-        raise ImportError(f"the ONNX frontend needs the 'onnx' package ({_EXTRA_HINT})") from exc
-    return onnx
+    return require("onnx", "the ONNX frontend")
 
 
 def _require_ort():
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError(f"running or quantizing ONNX models needs 'onnxruntime' ({_EXTRA_HINT})") from exc
-    return onnxruntime
+    return require("onnxruntime", "running or quantizing ONNX models")
 
 
 def is_onnx_file(path) -> bool:
@@ -421,6 +412,9 @@ class _Importer:
         for name, val in zip([o for o in node.output if o], outs):
             self.values[name] = np.asarray(val)
 
+    def inputs_ir(self) -> set:
+        return {v.act.tensor for v in self.values.values() if isinstance(v, _FloatInput) and v.act is not None}
+
     def finish(self) -> ir.Graph:
         g = self.model.graph
         outputs, out_meta = [], []
@@ -449,12 +443,36 @@ class _Importer:
                                           f"(no QuantizeLinear reads it)")
                 in_meta.append({"name": vi.name, "tensor": v.act.tensor, "shape": list(v.shape),
                                 "layout": "NCHW" if v.act.layout == "nchw" else "plain"})
+        # Name the output tensors after the ONNX graph outputs (the DequantizeLinear's output, not the internal
+        # QuantizeLinear's) where that name is free.
+        rename = {}
+        for m in out_meta:
+            if m["name"] != m["tensor"] and m["name"] not in self.tensors and m["tensor"] not in self.inputs_ir() \
+                    and m["name"] not in rename.values() and m["tensor"] not in rename:
+                rename[m["tensor"]] = m["name"]
+        if rename:
+            self.nodes = [n.replace(inputs=tuple(rename.get(t, t) for t in n.inputs),
+                                    outputs=tuple(rename.get(t, t) for t in n.outputs)) for n in self.nodes]
+            self.tensors = {rename.get(k, k): (ir.Tensor(rename[k], t.shape, t.quant) if k in rename else t)
+                            for k, t in self.tensors.items()}
+            outputs = [rename.get(t, t) for t in outputs]
+            for m in out_meta:
+                m["tensor"] = rename.get(m["tensor"], m["tensor"])
         used = {t for n in self.nodes for t in n.inputs} | {t for n in self.nodes for t in n.outputs}
+        # IR tensors that are int8 tensors of the ONNX graph too (QuantizeLinear and QLinear* outputs), with
+        # their layout there: for per-layer comparisons with onnxruntime (sw.frontends.onnx.layer_agreement)
+        onnx_tensors = {}
+        for key, v in self.values.items():
+            if isinstance(v, _Act) and v.layout != "flat_nchw":
+                ir_name = rename.get(v.tensor, v.tensor)
+                if ir_name in used:
+                    onnx_tensors.setdefault(ir_name, [key, "NCHW" if v.layout == "nchw" else "plain"])
         tensors = {k: t for k, t in self.tensors.items() if k in used or k in outputs}
         name = self.model.graph.name or "onnx"
         graph = ir.Graph(tensors=tensors, inputs=tuple(m["tensor"] for m in in_meta), outputs=tuple(outputs),
                          nodes=self.nodes, name=name, source="onnx",
                          metadata={"onnx": {"format": self.kind, "inputs": in_meta, "outputs": out_meta,
+                                            "int8_tensors": onnx_tensors,
                                             "opset": self.opset.get("ai.onnx")}})
         return graph
 
@@ -601,15 +619,13 @@ def _add_params(s1, s2, s_out, left_shift=20):
                 left_shift=left_shift)
 
 
-def _softmax_params(s_in, beta=1.0, integer_bits=5):
-    """TFLite's PreprocessSoftmaxScaling and CalculateInputRadius for an int8 softmax."""
-    real = min(beta * s_in * (1 << (31 - integer_bits)), (1 << 31) - 1.0)
-    m, e = quantize_multiplier(real)
-    m, e = int(m[0]), int(e[0])
-    if e < 0:
-        m, e = int(round(real)) if real >= 1 else 0, 0
-    radius = math.floor(((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) / (1 << e))
-    return dict(beta=beta, input_multiplier=m, input_left_shift=e, diff_min=-radius)
+def _softmax_params(imp, node, s_in, beta=1.0):
+    """TFLite's int8 SOFTMAX parameters (PreprocessSoftmaxScaling with 5 integer bits, CalculateInputRadius)."""
+    try:
+        m, e, diff_min = preprocess_softmax_scaling(beta, s_in, 5)
+    except ValueError as exc:
+        raise imp.error(node, str(exc)) from None
+    return dict(beta=beta, input_multiplier=m, input_left_shift=e, diff_min=diff_min)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1009,7 +1025,7 @@ def _build_softmax(imp, node, act: _Act):
     act = imp.materialize(act, imp.node_base(node))
     q_in = imp.quant_of(act)
     base = imp.node_base(node)
-    params = _softmax_params(q_in.scale)
+    params = _softmax_params(imp, node, q_in.scale)
     fixed = ir.Quant(1.0 / 256.0, -128)
 
     def emit(out, quant, lo, hi):
@@ -1308,7 +1324,10 @@ def load_onnx(path_or_model, *, calibration=None, quantized_path=None) -> ir.Gra
             n.op_type.startswith("QLinear") or n.op_type == "QGemm" for n in model.graph.node) else "qdq").run()
         return graph
     if calibration is None:
-        return import_model(model)   # raises FloatModelError with the hint
+        raise FloatModelError(f"{where} is a float model (no QuantizeLinear/DequantizeLinear or QLinear* "
+                              f"operators): int8 import needs calibration data to quantize it - pass "
+                              f"calibration=<sample inputs (N, ...) in the model's layout> "
+                              f"(load_model(path, calibration=...), systolic8 ... --calibration DATA)")
     qmodel = quantize_float_model(model, calibration, quantized_path)
     graph = _Importer(qmodel, where + " (quantized by onnxruntime)", "float+ptq").run()
     graph.metadata["onnx"]["quantized_path"] = None if quantized_path is None else os.fspath(quantized_path)
@@ -1351,21 +1370,124 @@ def from_graph_outputs(graph: ir.Graph, *outputs, dequantize=True) -> list:
     return res
 
 
-def reference_run(path_or_model, *inputs) -> list:
-    """Run the ONNX model with onnxruntime (CPU, all graph optimizations off) on float inputs in its own layout;
-    returns its outputs. A model with a fixed batch of 1 runs sample by sample."""
+def _session(model, optimize):
     ort = _require_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def reference_run(path_or_model, inputs, *, calibration=None, optimize=True):
+    """Run the model on onnxruntime (CPU) for the int8 graph inputs ``inputs`` (the batch in the IR's layout, as
+    :func:`sw.kernels.graph_forward` takes it: an array for a single input or ``{tensor name: array}``); returns the
+    int8 outputs in the IR's layout (an array, or ``{tensor name: array}`` for several outputs).
+
+    The int8 values are dequantized exactly into the model's float inputs (NCHW) - its own QuantizeLinear gives
+    them back unchanged - and its float outputs are quantized back with the output tensor's parameters (exact:
+    they are dequantized int8 values). ``optimize`` keeps onnxruntime's default graph optimizations, which fuse
+    QDQ groups into its integer kernels (what a deployment runs); ``optimize=False`` runs the QDQ graph op by op
+    in float. A float model is quantized with ``calibration`` first, exactly as :func:`load_onnx` does."""
+    model, where = _load_proto(path_or_model)
+    if not _is_quantized(model):
+        if calibration is None:
+            raise FloatModelError(f"{where} is a float model: the reference run needs the calibration data it "
+                                  f"was imported with")
+        model = quantize_float_model(model, calibration)
+    graph = _Importer(model, where, "reference").run()
+    meta = graph.metadata["onnx"]
+    if not isinstance(inputs, dict):
+        if len(graph.inputs) != 1:
+            raise ValueError(f"{where} has {len(graph.inputs)} inputs: pass {{tensor name: array}}")
+        inputs = {graph.inputs[0]: inputs}
+    feeds, n = {}, None
+    for m in meta["inputs"]:
+        t = graph.tensors[m["tensor"]]
+        if m["tensor"] not in inputs:
+            raise ValueError(f"missing input {m['tensor']!r}; inputs: {list(graph.inputs)}")
+        q = np.asarray(inputs[m["tensor"]])
+        if q.dtype != np.int8 or q.shape[1:] != t.shape:
+            raise ValueError(f"input {m['tensor']!r} must be int8 of shape (N, {', '.join(map(str, t.shape))}), "
+                             f"not {q.dtype} {q.shape}")
+        x = (np.float32(t.quant.scale) * (q.astype(np.float32) - np.float32(t.quant.zero_point))).astype(np.float32)
+        feeds[m["name"]] = x.transpose(0, 3, 1, 2) if m["layout"] == "NCHW" else x
+        n = len(q)
+    sess = _session(model, optimize)
+    names = [o["name"] for o in meta["outputs"]]
+    fixed_batch = {i.name: (i.shape[0] if isinstance(i.shape[0], int) else None) for i in sess.get_inputs()}
+    if all(b == 1 for b in fixed_batch.values()):
+        runs = [sess.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+        outs = [np.concatenate([r[k] for r in runs]) for k in range(len(names))]
+    else:
+        outs = sess.run(names, feeds)
+    result = {}
+    for m, y in zip(meta["outputs"], outs):
+        t = graph.tensors[m["tensor"]]
+        y = np.asarray(y)
+        if m["dequantized"]:
+            y = np.clip(np.rint(y / np.float32(t.quant.scale)) + t.quant.zero_point, -128, 127)
+        elif y.dtype == np.uint8:
+            y = y.astype(np.int16) - 128
+        y = y.astype(np.int8)
+        result[m["tensor"]] = np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if m["layout"] == "NCHW" else y
+    return result[graph.outputs[0]] if len(result) == 1 else result
+
+
+def agreement(ours, reference) -> dict:
+    """How far two int8 output batches (N, ...) differ: the fraction of elements equal and within 1 LSB, the
+    largest difference, and the fraction of samples whose top-1 (argmax over each sample) is identical."""
+    a = np.asarray(ours).astype(np.int64)
+    b = np.asarray(reference).astype(np.int64)
+    if a.shape != b.shape:
+        raise ValueError(f"outputs of shapes {a.shape} and {b.shape} cannot be compared")
+    d = np.abs(a - b)
+    n = len(a)
+    return {"elements": int(d.size), "exact": float(np.mean(d == 0)), "within_1": float(np.mean(d <= 1)),
+            "max_diff": int(d.max()) if d.size else 0,
+            "top1_identical": float(np.mean(a.reshape(n, -1).argmax(1) == b.reshape(n, -1).argmax(1)))}
+
+
+def layer_agreement(path_or_model, graph: ir.Graph, inputs, *, optimize=True) -> dict:
+    """Per-node agreement with onnxruntime: each IR node whose input and output tensors are int8 tensors of the
+    ONNX graph runs the reference kernel on onnxruntime's own int8 inputs and is compared with onnxruntime's output
+    (so the figures are the arithmetic difference of that one op, not accumulated). ``{node name: (op,
+    agreement)}``; ``inputs`` as :func:`reference_run` takes them (a quantized model)."""
+    from sw.kernels import run_node
     onnx = _require_onnx()
     model, where = _load_proto(path_or_model)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feeds = sess.get_inputs()
-    if len(feeds) != len(inputs):
-        raise ValueError(f"{where} takes {len(feeds)} input(s), not {len(inputs)}")
-    fixed_one = all(f.shape and f.shape[0] == 1 for f in feeds)
-    arrays = [np.asarray(x, dtype=np.float32) for x in inputs]
-    if fixed_one:
-        outs = [sess.run(None, {f.name: a[i:i + 1] for f, a in zip(feeds, arrays)}) for i in range(len(arrays[0]))]
-        return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
-    return sess.run(None, {f.name: a for f, a in zip(feeds, arrays)})
+    meta = graph.metadata["onnx"]
+    int8 = meta["int8_tensors"]
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    present = {o.name for o in model.graph.output}
+    for ir_name, (onnx_name, _) in int8.items():
+        if onnx_name not in present and onnx_name not in {i.name for i in model.graph.input}:
+            model.graph.output.append(onnx.ValueInfoProto(name=onnx_name))
+            present.add(onnx_name)
+    if not isinstance(inputs, dict):
+        inputs = {graph.inputs[0]: inputs}
+    feeds = {}
+    for m in meta["inputs"]:
+        t = graph.tensors[m["tensor"]]
+        q = np.asarray(inputs[m["tensor"]])
+        x = (np.float32(t.quant.scale) * (q.astype(np.float32) - np.float32(t.quant.zero_point))).astype(np.float32)
+        feeds[m["name"]] = x.transpose(0, 3, 1, 2) if m["layout"] == "NCHW" else x
+    sess = _session(model, optimize)
+    names = [o.name for o in sess.get_outputs()]
+    n = len(next(iter(feeds.values())))
+    runs = [sess.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+    got = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(names)}
+    values = {}
+    for ir_name, (onnx_name, layout) in int8.items():
+        if onnx_name in got and got[onnx_name].dtype in (np.int8, np.uint8):
+            v = got[onnx_name]
+            v = (v.astype(np.int16) - 128).astype(np.int8) if v.dtype == np.uint8 else v
+            values[ir_name] = np.ascontiguousarray(v.transpose(0, 2, 3, 1)) if layout == "NCHW" else v
+    for name in graph.inputs:
+        values[name] = np.asarray(inputs[name])
+    result = {}
+    for node in graph.nodes:
+        if node.output in values and all(t in values for t in node.inputs):
+            ours = run_node(graph, node, [values[t] for t in node.inputs])
+            result[node.name] = (node.op, agreement(ours, values[node.output]))
+    return result
