@@ -188,6 +188,13 @@ def _quant(scale, zero_point, what) -> ir.Quant:
     return ir.Quant(_f32(s.reshape(())), z)
 
 
+#: The weight of the depthwise convolutions that stand for a requantization or a whole-window average (with the
+#: multiplier divided by it): 64 rather than 1 puts the first rounding of the double-rounding scheme (SRDHM) six
+#: bits below the result's LSB, so the result is the real average rounded once (a multiplier of 1/4 on a unit
+#: weight would round twice and be off by one on 30% of the outputs). 64 * 255 * window fits int32 easily.
+_UNIT = 64
+
+
 class _Importer:
     def __init__(self, model, where, kind):
         onnx = _require_onnx()
@@ -352,11 +359,11 @@ class _Importer:
             src = self.add_node(ir.Reshape, f"{base}/to_hwc", [src], self.unique_tensor_name(f"{out_name}/hwc"),
                                 q_in, shape=(1, 1, int(np.prod(shape))))
         c = self.tensors[src].shape[2]
-        mult, shift = quantize_multiplier(np.full(c, q_in.scale / quant.scale))
+        mult, shift = quantize_multiplier(np.full(c, q_in.scale / (quant.scale * _UNIT)))
         final = out_name if len(shape) == 3 else self.unique_tensor_name(f"{out_name}/hwc_out")
         self.add_node(ir.DepthwiseConv2D, f"{base}/requantize", [src], final, quant,
-                      weight=np.ones((1, 1, c), np.int8), bias=np.zeros(c, np.int32),
-                      weight_scale=np.ones(1), multiplier=mult, shift=shift.astype(np.int32),
+                      weight=np.full((1, 1, c), _UNIT, np.int8), bias=np.zeros(c, np.int32),
+                      weight_scale=np.full(1, 1.0 / _UNIT), multiplier=mult, shift=shift.astype(np.int32),
                       act_min=act_min, act_max=act_max)
         if len(shape) != 3:
             self.add_node(ir.Reshape, f"{base}/from_hwc", [final], out_name, quant, shape=shape)
@@ -910,10 +917,11 @@ def _build_average_pool(imp, node, act: _Act):
         elif include_pad or not any(pads):
             # Divide by the whole window: a depthwise convolution with unit weights and multiplier
             # S_in / (S_out * KH * KW) (padded taps read the zero point, i.e. contribute 0).
-            m, s = quantize_multiplier(np.full(c, q_in.scale / (quant.scale * kernel[0] * kernel[1])))
+            m, s = quantize_multiplier(np.full(c, q_in.scale / (quant.scale * kernel[0] * kernel[1] * _UNIT)))
             t = imp.add_node(ir.DepthwiseConv2D, base, [act.tensor], out, quant,
-                             weight=np.ones(kernel + (c,), np.int8), bias=np.zeros(c, np.int32),
-                             weight_scale=np.ones(1), multiplier=m, shift=s.astype(np.int32), stride=stride,
+                             weight=np.full(kernel + (c,), _UNIT, np.int8), bias=np.zeros(c, np.int32),
+                             weight_scale=np.full(1, 1.0 / _UNIT), multiplier=m, shift=s.astype(np.int32),
+                             stride=stride,
                              padding=pads, act_min=lo, act_max=hi)
         else:
             mid = imp.add_node(ir.AveragePool2D, base, [act.tensor], imp.unique_tensor_name(f"{out}/pooled"), q_in,
