@@ -209,6 +209,8 @@ class _Importer:
         self.nodes: list = []
         self.node_names: set = set()
         self.inputs: list = []
+        self.node_ops: dict = {}       # IR node name -> the ONNX op type it came from
+        self.current = None
         self.opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         g = model.graph
         for init in g.initializer:
@@ -321,6 +323,7 @@ class _Importer:
         """Build an IR node, infer its output shape, register the output tensor; returns the tensor name."""
         name = self.unique_node_name(base)
         node = cls(name=name, inputs=tuple(inputs), outputs=(out_name,), **params)
+        self.node_ops[name] = self.current.op_type if self.current is not None else ""
         shape = node.infer([self.tensors[t] for t in inputs])
         tensor = ir.Tensor(out_name, shape, quant)
         node.check_quant([self.tensors[t] for t in inputs], tensor)
@@ -387,6 +390,7 @@ class _Importer:
 
     def run(self) -> ir.Graph:
         for node in self.model.graph.node:
+            self.current = node
             domain = node.domain or ""
             key = node.op_type if domain in ("", "ai.onnx", "com.microsoft") else f"{domain}.{node.op_type}"
             conv = _CONVERTERS.get(key)
@@ -423,6 +427,7 @@ class _Importer:
         return {v.act.tensor for v in self.values.values() if isinstance(v, _FloatInput) and v.act is not None}
 
     def finish(self) -> ir.Graph:
+        self.current = None
         g = self.model.graph
         outputs, out_meta = [], []
         for vo in g.output:
@@ -479,7 +484,7 @@ class _Importer:
         graph = ir.Graph(tensors=tensors, inputs=tuple(m["tensor"] for m in in_meta), outputs=tuple(outputs),
                          nodes=self.nodes, name=name, source="onnx",
                          metadata={"onnx": {"format": self.kind, "inputs": in_meta, "outputs": out_meta,
-                                            "int8_tensors": onnx_tensors,
+                                            "int8_tensors": onnx_tensors, "node_ops": self.node_ops,
                                             "opset": self.opset.get("ai.onnx")}})
         return graph
 
@@ -523,6 +528,7 @@ def _quantize_linear(imp, node):
         hi = 127 if v.hi == math.inf else min(127, quant.zero_point + int(np.rint(v.hi / quant.scale)))
         if lo > hi:
             raise imp.error(node, f"the fused clamp [{v.lo}, {v.hi}] is empty at scale {quant.scale}")
+        imp.current = v.node          # the IR node(s) come from the op, not from this QuantizeLinear
         imp.values[out] = v.emit(out, quant, lo, hi)
     elif isinstance(v, _Float):
         quant = _quant(scale, zp, f"{imp.where}: {where}")
@@ -970,6 +976,32 @@ def _qlinear_global_average_pool(imp, node):
     _finalize(imp, node, _build_global_average_pool(imp, node, act), 3, 4)
 
 
+def _reduce_mean(imp, node):
+    """ReduceMean over H and W of an NCHW tensor (what ``adaptive_avg_pool2d(x, 1)`` exports): a global average."""
+    imp.check_attrs(node, {"axes", "keepdims", "noop_with_empty_axes"})
+    a = imp.attrs(node)
+    act = imp.act_of(node, 0)
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in np.asarray(imp.const(node, 1, "axes")).reshape(-1)]
+    rank = len(act.shape)
+    if act.layout != "nchw" or axes is None or sorted(x % rank for x in axes) != [2, 3]:
+        raise imp.error(node, f"axes {axes} on shape {list(act.shape)}: only the mean over H and W (axes [2, 3]) of "
+                        f"an NCHW tensor is supported (global average pooling)")
+    keep = bool(a.get("keepdims", 1))
+    pend = _build_global_average_pool(imp, node, act)
+    if keep:
+        imp.values[node.output[0]] = pend
+        return
+    base = imp.node_base(node)
+
+    def emit(out, quant, lo, hi):
+        mid = pend.emit(imp.unique_tensor_name(f"{out}/keepdims"), quant, lo, hi)
+        t = imp.add_node(ir.Reshape, f"{base}/squeeze", [mid.tensor], out, quant, shape=(act.shape[1],))
+        return imp.act_from_ir(t, act.shape[0], "plain")
+    imp.values[node.output[0]] = _Pending(node, emit)
+
+
 def _max_pool(imp, node):
     if len(node.output) > 1 and node.output[1]:
         raise imp.error(node, "the Indices output is not supported")
@@ -1059,8 +1091,29 @@ def _qlinear_softmax(imp, node):
 # Layout: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Identity
 # ---------------------------------------------------------------------------------------------------------------
 
-def _layout_result(imp, node, v, act):
-    imp.values[node.output[0]] = _Float(act) if isinstance(v, _Float) else act
+def _layout(fn):
+    """A layout converter ``fn(imp, node, act) -> act`` on int8 tensors (QOperator), dequantized ones (QDQ: the
+    result is the dequantized layout op) and pending float results (onnxruntime leaves e.g. ReduceMean -> Reshape
+    -> QuantizeLinear: the layout op applies once the producer is quantized)."""
+    def convert(imp, node):
+        v = imp.get(node, 0)
+        if imp._all_const(node):          # shape arithmetic on constants
+            imp._fold(node)
+            return
+        if isinstance(v, _QConst) and fn is _identity:
+            imp.values[node.output[0]] = v
+            return
+        if isinstance(v, _Pending):
+            def emit(out, quant, lo, hi):
+                inner = v.emit(imp.unique_tensor_name(f"{out}/before_{node.op_type.lower()}"), quant, lo, hi)
+                return fn(imp, node, inner)
+            imp.values[node.output[0]] = _Pending(v.node, emit, v.lo, v.hi)
+            return
+        act = fn(imp, node, imp.act_of(node, 0))
+        imp.values[node.output[0]] = _Float(act) if isinstance(v, _Float) else act
+    convert.__name__ = fn.__name__
+    convert.__doc__ = fn.__doc__
+    return convert
 
 
 def _reshape_to(imp, node, act: _Act, target: tuple) -> _Act:
@@ -1101,10 +1154,8 @@ def _reshape_to(imp, node, act: _Act, target: tuple) -> _Act:
     return _Act(t, tuple(target), "plain")
 
 
-def _reshape(imp, node):
+def _reshape(imp, node, act):
     imp.check_attrs(node, {"allowzero"})
-    v = imp.get(node, 0)
-    act = imp.act_of(node, 0)
     shape = [int(d) for d in np.asarray(imp.const(node, 1, "shape")).reshape(-1)]
     allowzero = imp.attrs(node).get("allowzero", 0)
     out = []
@@ -1124,23 +1175,19 @@ def _reshape(imp, node):
         out[out.index(-1)] = total // known
     if int(np.prod(out)) != total:
         raise imp.error(node, f"cannot reshape {list(act.shape)} ({total} elements) to {shape}")
-    _layout_result(imp, node, v, _reshape_to(imp, node, act, tuple(out)))
+    return _reshape_to(imp, node, act, tuple(out))
 
 
-def _flatten(imp, node):
+def _flatten(imp, node, act):
     imp.check_attrs(node, {"axis"})
-    v = imp.get(node, 0)
-    act = imp.act_of(node, 0)
     axis = imp.attrs(node).get("axis", 1) % max(len(act.shape), 1)
     if axis != 1:
         raise imp.error(node, f"attribute 'axis' = {axis} is not supported (1: keep the batch axis)")
-    _layout_result(imp, node, v, _reshape_to(imp, node, act, (act.shape[0], int(np.prod(act.shape[1:])))))
+    return _reshape_to(imp, node, act, (act.shape[0], int(np.prod(act.shape[1:]))))
 
 
-def _squeeze_unsqueeze(imp, node):
+def _squeeze_unsqueeze(imp, node, act):
     imp.check_attrs(node, {"axes"})
-    v = imp.get(node, 0)
-    act = imp.act_of(node, 0)
     axes = imp.attrs(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = [int(x) for x in np.asarray(imp.const(node, 1, "axes")).reshape(-1)]
@@ -1161,13 +1208,12 @@ def _squeeze_unsqueeze(imp, node):
             out = out[:a] + [1] + out[a:]
     if 0 in axes:
         raise imp.error(node, f"axes {axes}: the batch axis must stay")
-    _layout_result(imp, node, v, _reshape_to(imp, node, act, tuple(out)))
+    return _reshape_to(imp, node, act, tuple(out))
 
 
-def _transpose(imp, node):
+def _transpose(imp, node, act):
     imp.check_attrs(node, {"perm"})
-    v = imp.get(node, 0)
-    act = imp.materialize(imp.act_of(node, 0), imp.node_base(node))
+    act = imp.materialize(act, imp.node_base(node))
     rank = len(act.shape)
     perm = list(imp.attrs(node).get("perm", list(range(rank))[::-1]))
     if sorted(perm) != list(range(rank)) or perm[0] != 0:
@@ -1185,12 +1231,12 @@ def _transpose(imp, node):
         t = imp.add_node(ir.Transpose, imp.node_base(node), [act.tensor], imp.unique_tensor_name(node.output[0]),
                          imp.quant_of(act), perm=ir_perm)
         res = _Act(t, out_shape, out_layout)
-    _layout_result(imp, node, v, res)
+    return res
 
 
-def _identity(imp, node):
+def _identity(imp, node, act):
     imp.check_attrs(node, set())
-    imp.values[node.output[0]] = imp.get(node, 0)
+    return act
 
 
 def _constant(imp, node):
@@ -1204,10 +1250,12 @@ def _constant(imp, node):
 _CONVERTERS = {
     "QuantizeLinear": _quantize_linear, "DequantizeLinear": _dequantize_linear,
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add,
-    "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool, "MaxPool": _max_pool,
+    "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool, "ReduceMean": _reduce_mean,
+    "MaxPool": _max_pool,
     "Relu": _relu_clip, "Clip": _relu_clip, "Softmax": _softmax,
-    "Reshape": _reshape, "Flatten": _flatten, "Squeeze": _squeeze_unsqueeze, "Unsqueeze": _squeeze_unsqueeze,
-    "Transpose": _transpose, "Identity": _identity, "Constant": _constant,
+    "Reshape": _layout(_reshape), "Flatten": _layout(_flatten), "Squeeze": _layout(_squeeze_unsqueeze),
+    "Unsqueeze": _layout(_squeeze_unsqueeze), "Transpose": _layout(_transpose), "Identity": _layout(_identity),
+    "Constant": _constant,
     "QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "QLinearAdd": _qlinear_add,
     "QLinearAveragePool": _qlinear_average_pool, "QLinearGlobalAveragePool": _qlinear_global_average_pool,
     "QLinearSoftmax": _qlinear_softmax,
@@ -1460,7 +1508,8 @@ def layer_agreement(path_or_model, graph: ir.Graph, inputs, *, optimize=True) ->
     """Per-node agreement with onnxruntime: each IR node whose input and output tensors are int8 tensors of the
     ONNX graph runs the reference kernel on onnxruntime's own int8 inputs and is compared with onnxruntime's output
     (so the figures are the arithmetic difference of that one op, not accumulated). ``{node name: (op,
-    agreement)}``; ``inputs`` as :func:`reference_run` takes them (a quantized model)."""
+    agreement)}`` where op is ``"<ONNX op> -> <IR op>"``; ``inputs`` as :func:`reference_run` takes them (a quantized
+    model)."""
     from sw.kernels import run_node
     onnx = _require_onnx()
     model, where = _load_proto(path_or_model)
@@ -1497,5 +1546,6 @@ def layer_agreement(path_or_model, graph: ir.Graph, inputs, *, optimize=True) ->
     for node in graph.nodes:
         if node.output in values and all(t in values for t in node.inputs):
             ours = run_node(graph, node, [values[t] for t in node.inputs])
-            result[node.name] = (node.op, agreement(ours, values[node.output]))
+            src = meta.get("node_ops", {}).get(node.name, "")
+            result[node.name] = (f"{src} -> {node.op}" if src else node.op, agreement(ours, values[node.output]))
     return result
