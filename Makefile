@@ -84,3 +84,9 @@ scaling: $(STAMP)
 
 clean:
 	rm -rf build sim_build .pytest_cache
+
+# ONNX frontend: agreement of the int8 reference kernels with onnxruntime on the seeded test models (docs/onnx.md)
+.PHONY: onnx-agreement
+SEEDS ?= 10
+onnx-agreement: $(STAMP)
+	$(PY) -m sw.frontends.onnx_testing --seeds $(SEEDS)

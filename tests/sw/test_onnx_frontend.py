@@ -16,15 +16,18 @@ from sw.frontends.onnx_testing import (INPUT_SHAPE, SEED, _Builder, calibration_
 from sw.kernels import graph_forward
 
 # Agreement with onnxruntime, as docs/onnx.md states it. Per layer (each IR node on onnxruntime's own int8 inputs):
-# every element within 1 LSB, and the GEMM-shaped / element-wise ops equal on at least 99% of elements (pooling by
-# 1/k**2 double-rounds, docs/onnx.md: at least 70%). End to end through these seeded ~12-layer models the one-LSB
+# every element within 1 LSB, and the GEMM-shaped ops equal on at least 98% of elements, ADD and softmax 99%
+# (pooling: see below). End to end through these seeded ~12-layer models the one-LSB
 # differences accumulate (and a softmax amplifies them): the documented bounds on their outputs are below.
 LAYER_MAX_DIFF = 1
-LAYER_EXACT = {"conv2d": 0.99, "depthwise_conv2d": 0.7, "fully_connected": 0.99, "add": 0.99, "max_pool2d": 1.0,
-               "transpose": 1.0, "reshape": 1.0, "average_pool2d": 0.9, "mean": 0.8, "softmax": 0.99}
+LAYER_EXACT = {"conv2d": 0.98, "depthwise_conv2d": 0.98, "fully_connected": 0.98, "add": 0.99, "max_pool2d": 1.0,
+               "transpose": 1.0, "reshape": 1.0, "softmax": 0.99,
+               # pooling: TFLite rounds exact halves away from zero, onnxruntime to even (ties are frequent in
+               # sums divided by a window size): docs/onnx.md
+               "average_pool2d": 0.9, "AveragePool -> depthwise_conv2d": 0.8, "mean": 0.85}
 END_MAX_DIFF = 8
-END_WITHIN_1 = 0.9
-END_TOP1 = 0.85
+END_WITHIN_1 = 0.8
+END_TOP1 = 0.9
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -48,7 +51,8 @@ def check_agreement(path, graph, x, label, *, layers=True):
         per_layer = fe.layer_agreement(path, graph, x)
         assert len(per_layer) >= len([n for n in graph.nodes if n.op != "reshape"]) // 2, per_layer
         for node, (op, s) in per_layer.items():
-            assert s["max_diff"] <= LAYER_MAX_DIFF and s["exact"] >= LAYER_EXACT[op], (
+            bound = LAYER_EXACT.get(op, LAYER_EXACT[op.split(" -> ")[-1]])
+            assert s["max_diff"] <= LAYER_MAX_DIFF and s["exact"] >= bound, (
                 f"{label} seed {SEED}: node {node!r} ({op}) on onnxruntime's inputs: {s}")
     return ours, ref
 
