@@ -853,4 +853,5 @@ class Graph:
                 raise GraphError(f"layer {layer.name!r}: kind {layer.kind!r} has no IR operator")
             prev = out
         return cls(tensors=tensors, inputs=("input",), outputs=(prev,), nodes=nodes,
-                   name=getattr(network, "name", "network"), source="npz")
+                   name=getattr(network, "name", "network"), source="npz",
+                   metadata={"layer_kinds": {layer.name: layer.kind for layer in network.layers}})
