@@ -524,8 +524,12 @@ def _quantize_linear(imp, node):
         imp.values[out] = v.act
     elif isinstance(v, _Pending):
         quant = _quant(scale, zp, f"{imp.where}: {where}")
-        lo = -128 if v.lo == -math.inf else max(-128, quant.zero_point + int(np.rint(v.lo / quant.scale)))
-        hi = 127 if v.hi == math.inf else min(127, quant.zero_point + int(np.rint(v.hi / quant.scale)))
+        # Relu / Clip before QuantizeLinear clamp the real values: the int8 bounds are those values quantized as
+        # QuantizeLinear does (float32 division, round half to even)
+        lo = -128 if v.lo == -math.inf else \
+            max(-128, quant.zero_point + int(np.rint(np.float32(v.lo) / np.float32(quant.scale))))
+        hi = 127 if v.hi == math.inf else \
+            min(127, quant.zero_point + int(np.rint(np.float32(v.hi) / np.float32(quant.scale))))
         if lo > hi:
             raise imp.error(node, f"the fused clamp [{v.lo}, {v.hi}] is empty at scale {quant.scale}")
         imp.current = v.node          # the IR node(s) come from the op, not from this QuantizeLinear
@@ -1032,24 +1036,44 @@ def _clamp_of(imp, node):
     return float(lo), float(hi)
 
 
+def _int_clip(imp, node, act):
+    """Clip on an int8 tensor (a Brevitas-style Q -> Clip -> DQ narrowing the integer range): the bounds are integers
+    of the tensor's own type (uint8 bounds shift by -128 like the values)."""
+    if node.op_type == "Relu":
+        raise imp.error(node, "Relu on an integer tensor is not supported (onnxruntime fuses it into the producer; "
+                        "quantize the model with the Relu in float)")
+    bounds = []
+    for i, default in ((1, -128), (2, 127)):
+        if len(node.input) > i and node.input[i]:
+            c = np.asarray(imp.const(node, i, "min" if i == 1 else "max"))
+            if c.dtype not in (np.int8, np.uint8) or c.size != 1:
+                raise imp.error(node, f"Clip bound {node.input[i]!r} of an int8 tensor must be an int8 or uint8 "
+                                f"scalar, not {c.dtype} of shape {c.shape}")
+            v = int(c.reshape(())) - (128 if c.dtype == np.uint8 else 0)
+            bounds.append(max(-128, min(127, v)))
+        else:
+            bounds.append(default)
+    lo, hi = bounds
+    if lo > hi:
+        raise imp.error(node, f"Clip bounds [{lo}, {hi}] are empty")
+    return imp.requantize(act, imp.quant_of(act), lo, hi, node.output[0], imp.node_base(node))
+
+
 def _relu_clip(imp, node):
-    lo, hi = _clamp_of(imp, node)
     v = imp.get(node, 0)
+    if isinstance(v, _Act):
+        imp.values[node.output[0]] = _int_clip(imp, node, v)
+        return
+    lo, hi = _clamp_of(imp, node)
     if isinstance(v, _Pending):
         imp.values[node.output[0]] = _Pending(v.node, v.emit, max(v.lo, lo), min(v.hi, hi))
-    elif isinstance(v, (_Float, _Act)):
-        act = imp.act_of(node, 0)
+    elif isinstance(v, _Float):
+        act = v.act
         base = imp.node_base(node)
 
         def emit(out, quant, qlo, qhi):
             return imp.requantize(act, quant, qlo, qhi, out, base)
-        if isinstance(v, _Act):   # int8 Relu (QOperator): clamp in the input's own quantization
-            q = imp.quant_of(act)
-            qlo = max(-128, q.zero_point + int(np.rint(lo / q.scale))) if lo != -math.inf else -128
-            qhi = min(127, q.zero_point + int(np.rint(hi / q.scale))) if hi != math.inf else 127
-            imp.values[node.output[0]] = imp.requantize(act, q, qlo, qhi, node.output[0], base)
-        else:
-            imp.values[node.output[0]] = _Pending(node, emit, lo, hi)
+        imp.values[node.output[0]] = _Pending(node, emit, lo, hi)
     else:
         imp.act_of(node, 0)  # raises the right error
 

@@ -243,6 +243,40 @@ def test_unsupported_attribute_values_are_named(tmp_path, op_type, attrs, extra,
         fe.load_onnx(m)
 
 
+def _clip_model(int_clip):
+    """x -> Q -> [Clip on int8 (Brevitas QCDQ style)] -> DQ -> [Relu, Clip(-0.5, 1.0) standalone] -> Q -> DQ."""
+    inits = [numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.int8(-5), "z"),
+             numpy_helper.from_array(np.float32(0.015), "s2"), numpy_helper.from_array(np.int8(3), "z2"),
+             numpy_helper.from_array(np.int8(-100), "lo"), numpy_helper.from_array(np.int8(90), "hi"),
+             numpy_helper.from_array(np.float32(-0.5), "flo"), numpy_helper.from_array(np.float32(1.0), "fhi")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx")]
+    if int_clip:
+        nodes += [helper.make_node("Clip", ["xq", "lo", "hi"], ["xc"], name="int_clip"),
+                  helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["y"], name="dq")]
+    else:
+        nodes += [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+                  helper.make_node("Clip", ["xd", "flo", "fhi"], ["xr"], name="float_clip"),
+                  helper.make_node("QuantizeLinear", ["xr", "s2", "z2"], ["yq"], name="qy"),
+                  helper.make_node("DequantizeLinear", ["yq", "s2", "z2"], ["y"], name="dqy")]
+    g = helper.make_graph(nodes, "clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("int_clip", [True, False])
+def test_clips_on_int8_and_on_dequantized_tensors(int_clip):
+    m = _clip_model(int_clip)
+    g = fe.load_onnx(m)
+    x = random_inputs(g, 16)
+    y, ref = graph_forward(g, x), fe.reference_run(m, x)
+    if int_clip:
+        np.testing.assert_array_equal(ref, np.clip(x, -100, 90))
+    s = fe.agreement(y, ref)
+    assert s["exact"] == 1.0, f"seed {SEED}: {s}"
+
+
 def test_gemm_alpha_is_named(tmp_path):
     b = _Builder(SEED)
     b.nodes.append(helper.make_node("Gemm", ["x", b.const(np.ones((3, 4), np.float32))], ["y"], name="scaled",
