@@ -394,10 +394,10 @@ class _Importer:
             domain = node.domain or ""
             key = node.op_type if domain in ("", "ai.onnx", "com.microsoft") else f"{domain}.{node.op_type}"
             conv = _CONVERTERS.get(key)
+            if node.op_type not in _CONST_FOLDABLE_EXCLUDED and self._all_const(node):
+                self._fold(node)      # shape arithmetic, Brevitas' Clip of its int8 weights, ...
+                continue
             if conv is None:
-                if node.op_type not in _CONST_FOLDABLE_EXCLUDED and self._all_const(node):
-                    self._fold(node)
-                    continue
                 raise self.error(node, f"op type {key!r} is not supported; supported ops: "
                                  f"{', '.join(sorted(_CONVERTERS))}")
             conv(self, node)
@@ -1289,7 +1289,7 @@ _CONVERTERS = {
 SUPPORTED_OPS = tuple(sorted(_CONVERTERS))
 
 # Ops never folded even on constant inputs (their constant form carries quantization, handled by the converters).
-_CONST_FOLDABLE_EXCLUDED = {"QuantizeLinear", "DequantizeLinear"}
+_CONST_FOLDABLE_EXCLUDED = {"QuantizeLinear", "DequantizeLinear", "Constant"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

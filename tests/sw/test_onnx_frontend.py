@@ -13,6 +13,7 @@ from onnxruntime.quantization import QuantType
 from sw.frontends import onnx as fe
 from sw.frontends.onnx_testing import (INPUT_SHAPE, SEED, _Builder, calibration_data, every_op_model, layout_model,
                                        ort_quantize, random_inputs)
+from sw.driver import Driver
 from sw.kernels import graph_forward
 
 # Agreement with onnxruntime, as docs/onnx.md states it. Per layer (each IR node on onnxruntime's own int8 inputs):
@@ -122,6 +123,70 @@ def test_float_model_with_calibration_equals_onnxruntime_ptq(tmp_path):
     ref_b = fe.reference_run(qpath, x)
     for k in ref_b:
         np.testing.assert_array_equal(ref_a[k], ref_b[k])
+
+
+@pytest.fixture(scope="module")
+def every_op_qoperator(tmp_path_factory):
+    return ort_quantize(every_op_model(), tmp_path_factory.mktemp("qop"), "QOperator")
+
+
+@pytest.mark.parametrize("backend", ["golden", "verilator", "gpu"])
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_backends_bit_identical_to_the_cpu_path(every_op_qdq, every_op_qoperator, fmt, backend):
+    path = every_op_qdq if fmt == "qdq" else every_op_qoperator
+    g = fe.load_onnx(path)
+    x = random_inputs(g, 6)
+    cpu = graph_forward(g, x)
+    inf = Driver(g, backend=backend, batch_size=6).run(x)
+    assert inf.accelerator_share > 0.9          # the convolutions and fully connected layers ran on the array
+    for name in g.outputs:
+        got, want = inf.outputs[name], cpu[name]
+        bad = np.argwhere(got != want)
+        assert not len(bad), (f"seed {SEED} {fmt} {backend}: output {name!r} differs from the CPU int8 path at "
+                              f"{bad[0].tolist()}: {got[tuple(bad[0])]} != {want[tuple(bad[0])]}")
+
+
+def test_brevitas_qcdq_form(tmp_path):
+    """What brevitas.export.export_onnx_qcdq writes (checked by hand with Brevitas 0.13.4, docs/onnx.md): weights as
+    Clip(int8 constant, -127, 127) -> DequantizeLinear, Relu between Conv and QuantizeLinear, Flatten on a
+    dequantized tensor, symmetric int8 activations."""
+    rng = np.random.default_rng(SEED)
+    w1 = rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8)
+    w2 = rng.integers(-127, 128, (10, 8 * 6 * 6)).astype(np.int8)
+    c = lambda a, n: numpy_helper.from_array(np.asarray(a), n)   # noqa: E731
+    inits = [c(np.float32(0.0235), "sx"), c(np.int8(0), "z"), c(np.float32(0.0145), "sr"), c(np.float32(0.0035), "so"),
+             c(w1, "w1"), c(rng.uniform(0.001, 0.004, 8).astype(np.float32), "sw1"), c(np.zeros(8, np.int8), "zw1"),
+             c(w2, "w2"), c(rng.uniform(0.0005, 0.002, 10).astype(np.float32), "sw2"), c(np.zeros(10, np.int8), "zw2"),
+             c(np.int8(-127), "lo"), c(np.int8(127), "hi"),
+             c(rng.integers(-300, 300, 8).astype(np.int32), "b1"), c(np.zeros(8, np.int32), "zb1"),
+             c(rng.integers(-300, 300, 10).astype(np.int32), "b2"), c(np.zeros(10, np.int32), "zb2")]
+    inits.append(c((np.float32(0.0235) * numpy_helper.to_array(inits[5])).astype(np.float32), "sb1"))
+    inits.append(c((np.float32(0.0145) * numpy_helper.to_array(inits[8])).astype(np.float32), "sb2"))
+    n = helper.make_node
+    nodes = [n("QuantizeLinear", ["x", "sx", "z"], ["xq"], name="/inp/QuantizeLinear"),
+             n("DequantizeLinear", ["xq", "sx", "z"], ["xd"], name="/inp/DequantizeLinear"),
+             n("Clip", ["w1", "lo", "hi"], ["w1c"], name="/conv/weight_quant/Clip"),
+             n("DequantizeLinear", ["w1c", "sw1", "zw1"], ["w1d"], name="/conv/weight_quant/DequantizeLinear", axis=0),
+             n("DequantizeLinear", ["b1", "sb1", "zb1"], ["b1d"], name="/conv/bias_quant/DequantizeLinear", axis=0),
+             n("Conv", ["xd", "w1d", "b1d"], ["c1"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             n("Relu", ["c1"], ["r1"], name="/relu/Relu"),
+             n("QuantizeLinear", ["r1", "sr", "z"], ["rq"], name="/relu/QuantizeLinear"),
+             n("DequantizeLinear", ["rq", "sr", "z"], ["rd"], name="/relu/DequantizeLinear"),
+             n("Flatten", ["rd"], ["f"], name="/Flatten", axis=1),
+             n("Clip", ["w2", "lo", "hi"], ["w2c"], name="/fc/weight_quant/Clip"),
+             n("DequantizeLinear", ["w2c", "sw2", "zw2"], ["w2d"], name="/fc/weight_quant/DequantizeLinear", axis=0),
+             n("DequantizeLinear", ["b2", "sb2", "zb2"], ["b2d"], name="/fc/bias_quant/DequantizeLinear", axis=0),
+             n("Gemm", ["f", "w2d", "b2d"], ["g"], name="/fc/Gemm", transB=1),
+             n("QuantizeLinear", ["g", "so", "z"], ["gq"], name="/fc/output_quant/QuantizeLinear"),
+             n("DequantizeLinear", ["gq", "so", "z"], ["logits"], name="/fc/output_quant/DequantizeLinear")]
+    g = helper.make_graph(nodes, "brevitas", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    graph = fe.load_onnx(m)
+    assert [nd.op for nd in graph.nodes] == ["conv2d", "fully_connected"]
+    assert graph.nodes[0].act_min == 0                       # the Relu fused: zero point 0
+    check_agreement(m, graph, random_inputs(graph), "Brevitas QCDQ form")
 
 
 def test_float_inputs_round_trip(every_op_qdq):
@@ -350,3 +415,15 @@ def test_unquantized_activation_is_an_error(tmp_path):
     m.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 4, 4]))
     with pytest.raises(fe.OnnxImportError, match=r"graph output 'z' is a float tensor that no QuantizeLinear"):
         fe.load_onnx(m)
+
+
+def test_load_model_dispatches_onnx(tmp_path, every_op_qdq):
+    from sw.frontends import ModelImportError, load_model
+    g = load_model(every_op_qdq)
+    assert g.source == "onnx" and g.metadata["onnx"]["format"] == "qdq"
+    src = tmp_path / "float.onnx"
+    onnx.save(layout_model(), src)
+    with pytest.raises(ModelImportError, match="calibration"):
+        load_model(src)
+    g = load_model(src, calibration=calibration_data((1, 2, 6, 6)))
+    assert g.metadata["onnx"]["format"] == "float+ptq"
