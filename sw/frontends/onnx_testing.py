@@ -21,7 +21,7 @@ import numpy as np
 from .common import require
 
 __all__ = ["every_op_model", "layout_model", "calibration_data", "ort_quantize", "random_inputs", "campaign",
-           "INPUT_SHAPE", "SEED"]
+           "write_models", "INPUT_SHAPE", "SEED"]
 
 SEED = 16
 INPUT_SHAPE = (1, 3, 11, 11)
@@ -206,15 +206,50 @@ def _row(model, what, ss):
             "min_top1": float(min(s["top1_identical"] for s in ss))}
 
 
+def write_models(folder, seed=SEED, out=print):
+    """Write the example models to ``folder`` for ``systolic8 info`` / ``run``: the every-op model as float ONNX
+    (with ``every_op_calibration.npy``, NCHW), QDQ and QOperator, and a QDQ model made from a PyTorch module
+    (conv -> ReLU -> max pool -> flatten -> linear, exported with torch.onnx.export and quantized by onnxruntime)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = every_op_model(seed)
+    onnx.save(model, folder / "every_op_float.onnx")
+    np.save(folder / "every_op_calibration.npy", calibration_data(INPUT_SHAPE, seed=seed))
+    written = [folder / "every_op_float.onnx", folder / "every_op_calibration.npy"]
+    for fmt in ("QDQ", "QOperator"):
+        p = ort_quantize(model, folder, fmt, name="every_op")
+        target = folder / f"every_op_{fmt.lower()}.onnx"
+        os.replace(p, target)
+        written.append(target)
+    for leftover in folder.glob("every_op_float*.onnx"):
+        if leftover.name != "every_op_float.onnx":
+            leftover.unlink()
+    torch = require("torch", "the PyTorch example model")
+    from .torch import from_torch
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 10)).eval()
+    cal = np.random.default_rng(seed).normal(size=(64, 1, 28, 28)).astype(np.float32)
+    from_torch(net, cal[:1], cal, quantized_path=folder / "torch_cnn_qdq.onnx")
+    written.append(folder / "torch_cnn_qdq.onnx")
+    for p in written:
+        out(f"wrote {p}")
+    return written
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="agreement of the int8 reference kernels with onnxruntime on the "
-                                             "seeded ONNX test models")
+                                             "seeded ONNX test models; --write saves the example models")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--write", metavar="DIR", help="write the example ONNX models to DIR instead")
     args = ap.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    campaign(args.seeds, args.samples)
+    if args.write:
+        write_models(args.write)
+    else:
+        campaign(args.seeds, args.samples)
 
 
 if __name__ == "__main__":

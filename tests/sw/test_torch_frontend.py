@@ -134,3 +134,18 @@ def test_docs_recipe_runs_as_written(tmp_path, monkeypatch):
     scope = {}
     exec(compile(recipe[0], "docs/onnx.md", "exec"), scope)
     assert "graph" in scope and scope["graph"].source == "onnx"
+
+
+def test_example_models_for_the_command_line(tmp_path):
+    from sw.frontends import load_model
+    from sw.frontends.onnx_testing import write_models
+    paths = write_models(tmp_path, out=lambda line: None)
+    names = sorted(p.name for p in paths)
+    assert names == ["every_op_calibration.npy", "every_op_float.onnx", "every_op_qdq.onnx",
+                     "every_op_qoperator.onnx", "torch_cnn_qdq.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    cal = np.load(tmp_path / "every_op_calibration.npy", allow_pickle=False)
+    formats = {p.name: load_model(p, **({"calibration": cal} if "float" in p.name else {})).metadata["onnx"]["format"]
+               for p in paths if p.suffix == ".onnx"}
+    assert formats == {"every_op_float.onnx": "float+ptq", "every_op_qdq.onnx": "qdq",
+                       "every_op_qoperator.onnx": "qoperator", "torch_cnn_qdq.onnx": "qdq"}
