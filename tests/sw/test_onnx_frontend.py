@@ -100,6 +100,17 @@ def test_uint8_activations_shift_zero_points(tmp_path):
     check_agreement(p8, g, random_inputs(g), "QDQ uint8")
 
 
+def test_per_tensor_weights_and_a_symbolic_batch(tmp_path):
+    model = every_op_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    path = ort_quantize(model, tmp_path, "QDQ", per_channel=False, name="pt")
+    g = fe.load_onnx(path)
+    convs = [n for n in g.nodes if n.op == "conv2d"]
+    assert convs and all(n.weight_scale.shape == (1,) for n in convs)
+    assert g.metadata["onnx"]["inputs"][0]["shape"][1:] == [3, 11, 11]
+    check_agreement(path, g, random_inputs(g), "QDQ per-tensor, batch N")
+
+
 def test_layout_ops_and_reshape_round_trip(tmp_path):
     path = ort_quantize(layout_model(), tmp_path)
     g = fe.load_onnx(path)
