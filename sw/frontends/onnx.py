@@ -215,6 +215,8 @@ class _Importer:
         g = model.graph
         for init in g.initializer:
             self.values[init.name] = numpy_helper.to_array(init)
+        self.onnx_names = {i.name for i in g.initializer} | {v.name for v in g.input} | \
+            {o for n in g.node for o in n.output if o}
         self.consumers: dict = {}
         for n in g.node:
             for i in n.input:
@@ -271,8 +273,11 @@ class _Importer:
         return name
 
     def unique_tensor_name(self, base):
+        """A free IR tensor name: not an IR tensor yet, and no ONNX tensor name of the model other than the outputs
+        of the node being converted (so a later ONNX tensor can keep its own name)."""
+        own = set(self.current.output) if self.current is not None else set()
         name, i = base, 1
-        while name in self.tensors or name in self.values and not isinstance(self.values.get(name), _Pending):
+        while name in self.tensors or (name in self.onnx_names and name not in own):
             i += 1
             name = f"{base}_{i}"
         return name
