@@ -405,8 +405,19 @@ class _Importer:
             if conv is None:
                 raise self.error(node, f"op type {key!r} is not supported; supported ops: "
                                  f"{', '.join(sorted(_CONVERTERS))}")
-            conv(self, node)
-        return self.finish()
+            try:
+                conv(self, node)
+            except OnnxImportError:
+                raise
+            except (ir.GraphError, ValueError) as exc:
+                # an IR check or an out-of-range requantization multiplier: name the ONNX op it came from
+                raise self.error(self.current or node, f"cannot be represented in the int8 IR: {exc}") from None
+        try:
+            return self.finish()
+        except OnnxImportError:
+            raise
+        except (ir.GraphError, ValueError) as exc:
+            raise OnnxImportError(f"{self.where}: the imported graph is inconsistent: {exc}") from None
 
     def _all_const(self, node):
         return all((not i) or isinstance(self.values.get(i), np.ndarray) for i in node.input) and len(node.input) > 0
@@ -748,7 +759,8 @@ def _qlinear_conv(imp, node):
 
 
 def _check_input_quant(imp, node, act, si, zi):
-    q = _quant(imp.const(node, si, "scale"), imp.const(node, zi, "zero point"),
+    zp = imp.const(node, zi, "zero point", optional=True)
+    q = _quant(imp.const(node, si, "scale"), np.uint8(0) if zp is None else zp,
                f"{imp.where}: node {node.name!r} ({node.op_type})")
     if q != imp.quant_of(act):
         raise imp.error(node, f"input {act.tensor!r} is read with {q} but was produced with {imp.quant_of(act)}")
@@ -764,8 +776,9 @@ def _qconst_from_inputs(imp, node, qi, si, zi, axis):
 
 def _finalize(imp, node, pend: _Pending, si, zi):
     """Emit a QOperator node's pending result with the output quantization of inputs (si, zi)."""
-    quant = _quant(imp.const(node, si, "output scale"), imp.const(node, zi, "output zero point", optional=True)
-                   if zi is not None else np.uint8(0), f"{imp.where}: node {node.name!r} ({node.op_type})")
+    zp = imp.const(node, zi, "output zero point", optional=True) if zi is not None else None
+    quant = _quant(imp.const(node, si, "output scale"), np.uint8(0) if zp is None else zp,   # ONNX's default
+                   f"{imp.where}: node {node.name!r} ({node.op_type})")
     imp.values[node.output[0]] = pend.emit(node.output[0], quant, -128, 127)
 
 

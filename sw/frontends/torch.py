@@ -17,6 +17,7 @@ import numpy as np
 
 from sw import ir
 
+from .common import require
 from .onnx import OnnxImportError, load_onnx
 
 __all__ = ["export_onnx", "from_torch"]
@@ -40,6 +41,7 @@ def export_onnx(module, example_input, path, *, opset: int = 18) -> str:
         if not isinstance(example_input, torch.Tensor) else example_input.float()
     if x.ndim < 2:
         raise ValueError(f"example_input needs a batch axis: shape (1, ...), not {tuple(x.shape)}")
+    require("onnxscript", "torch.onnx.export (the PyTorch path)")
     module = module.eval()
     import logging
     import warnings

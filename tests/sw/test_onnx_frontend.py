@@ -438,3 +438,14 @@ def test_load_model_dispatches_onnx(tmp_path, every_op_qdq):
         load_model(src)
     g = load_model(src, calibration=calibration_data((1, 2, 6, 6)))
     assert g.metadata["onnx"]["format"] == "float+ptq"
+
+
+def test_unrepresentable_requantization_names_the_op(tmp_path):
+    # output scale so small that S_in * S_w / S_out exceeds 2**31: no int32 multiplier and shift encode it
+    m = onnx.load(_qdq_conv_model(tmp_path))
+    for init in m.graph.initializer:
+        if init.name == "sy":
+            init.CopyFrom(numpy_helper.from_array(np.float32(1e-20), "sy"))
+    with pytest.raises(fe.OnnxImportError, match=r"node 'the_conv' \(Conv\): cannot be represented in the int8 IR: "
+                                                  r".*multiplier"):
+        fe.load_onnx(m)
