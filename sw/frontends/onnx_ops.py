@@ -29,8 +29,11 @@ def _qdq_params(imp, node):
         raise imp.error(node, f"attribute 'block_size' = {a['block_size']}: blocked quantization is not supported")
     scale = imp.const(node, 1, "scale")
     zp = imp.const(node, 2, "zero point", optional=True)
-    if zp is None:
-        zp = np.zeros(scale.shape, np.uint8)
+    if zp is None:       # ONNX: zero point 0 of the output_dtype attribute's type, uint8 without it
+        dtype = np.uint8
+        if a.get("output_dtype"):
+            dtype = imp.onnx.helper.tensor_dtype_to_np_dtype(a["output_dtype"])
+        zp = np.zeros(scale.shape, dtype)
     return scale, zp, a.get("axis", 1)
 
 
