@@ -167,7 +167,8 @@ def campaign(seeds=10, samples=64, out=print):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for builder in (every_op_model, layout_model):
-            for fmt, act in (("QDQ", QuantType.QInt8), ("QOperator", QuantType.QInt8), ("QDQ", QuantType.QUInt8)):
+            for fmt, act in (("QDQ", QuantType.QInt8), ("QOperator", QuantType.QInt8), ("QDQ", QuantType.QUInt8),
+                             ("QOperator", QuantType.QUInt8)):
                 label = f"{builder.__name__} {fmt} {'uint8' if act == QuantType.QUInt8 else 'int8'}"
                 ends, layers = {}, {}
                 for seed in range(seeds):

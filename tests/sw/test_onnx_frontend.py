@@ -91,13 +91,14 @@ def test_qoperator_every_op_imports_and_agrees(tmp_path):
     check_agreement(path, g, random_inputs(g), "QOperator every-op")
 
 
-def test_uint8_activations_shift_zero_points(tmp_path):
-    p8 = ort_quantize(every_op_model(), tmp_path, "QDQ", QuantType.QUInt8, name="u8")
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_uint8_activations_shift_zero_points(tmp_path, fmt):
+    p8 = ort_quantize(every_op_model(), tmp_path, fmt, QuantType.QUInt8, name="u8")
     g = fe.load_onnx(p8)
     m = onnx.load(p8)
     zp = next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "x_zero_point")
     assert zp.dtype == np.uint8 and g.tensors["x"].quant.zero_point == int(zp) - 128
-    check_agreement(p8, g, random_inputs(g), "QDQ uint8")
+    check_agreement(p8, g, random_inputs(g), f"{fmt} uint8")
 
 
 def test_per_tensor_weights_and_a_symbolic_batch(tmp_path):
