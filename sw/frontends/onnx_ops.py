@@ -210,6 +210,9 @@ def _window_attrs(imp, node, in_hw, kernel, allowed, dilation_ok=True):
         raise imp.error(node, f"a {len(kernel)}-D window is not supported (2-D only)")
     stride = tuple(a.get("strides", (1, 1)))
     dilation = tuple(a.get("dilations", (1, 1)))
+    for what, v in (("strides", stride), ("dilations", dilation)):
+        if len(v) != 2 or any(x < 1 for x in v):
+            raise imp.error(node, f"attribute {what!r} = {list(v)}: two values >= 1 are needed (2-D windows)")
     if not dilation_ok and dilation != (1, 1):
         raise imp.error(node, f"attribute 'dilations' = {list(dilation)} is not supported (only [1, 1])")
     auto = a.get("auto_pad", b"NOTSET")

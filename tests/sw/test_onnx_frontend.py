@@ -270,6 +270,10 @@ def test_hand_written_qdq_conv_is_exact(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     (dict(conv_attrs={"group": 2}), r"node 'the_conv' \(Conv\): attribute 'group' = 2 is not supported: group 1 "
                                     r"\(convolution\) or group = input channels 4 \(depthwise\)"),
+    (dict(conv_attrs={"auto_pad": "BOGUS"}), r"node 'the_conv' \(Conv\): attribute 'auto_pad' = 'BOGUS' is not "
+                                             r"supported \(NOTSET, VALID, SAME_UPPER, SAME_LOWER\)"),
+    (dict(conv_attrs={"strides": [1, 1, 1]}), r"node 'the_conv' \(Conv\): attribute 'strides' = \[1, 1, 1\]: two "
+                                              r"values >= 1 are needed"),
     (dict(weight_zp=3), r"node 'the_conv' \(Conv\): weight 'w' has non-zero zero points .* only symmetric"),
     (dict(act_scale_shape=(4,)), r"node 'qx' \(QuantizeLinear\): per-axis activation quantization"),
     (dict(weight_const=False), r"node 'the_conv' \(Conv\): weight 'wd' must be a constant int8 initializer"),
