@@ -800,6 +800,23 @@ def _identity(imp, node, act):
     return act
 
 
+def _shape(imp, node):
+    """Shape of an activation: a constant (the batch axis as the model's static size, 1 if symbolic), so the
+    shape arithmetic PyTorch's exporter writes around ``view(x.size(0), -1)`` folds away."""
+    imp.check_attrs(node, {"start", "end"})
+    a = imp.attrs(node)
+    v = imp.get(node, 0)
+    if isinstance(v, _Pending):
+        raise imp.error(node, f"the shape of {node.input[0]!r}, a float tensor no QuantizeLinear quantizes, is "
+                        f"not known")
+    act = v.act if isinstance(v, _Float) else v if isinstance(v, _Act) else None
+    shape = act.shape if act is not None else getattr(v, "shape", None)
+    if shape is None:
+        imp.act_of(node, 0)   # raises the right error
+    dims = np.asarray(shape, np.int64)
+    imp.values[node.output[0]] = dims[slice(a.get("start", 0), a.get("end"))]
+
+
 def _constant(imp, node):
     a = imp.attrs(node)
     if "value" not in a:
@@ -816,7 +833,7 @@ CONVERTERS = {
     "Relu": _relu_clip, "Clip": _relu_clip, "Softmax": _softmax,
     "Reshape": _layout(_reshape), "Flatten": _layout(_flatten), "Squeeze": _layout(_squeeze_unsqueeze),
     "Unsqueeze": _layout(_squeeze_unsqueeze), "Transpose": _layout(_transpose), "Identity": _layout(_identity),
-    "Constant": _constant,
+    "Constant": _constant, "Shape": _shape,
     "QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "QLinearAdd": _qlinear_add,
     "QLinearAveragePool": _qlinear_average_pool, "QLinearGlobalAveragePool": _qlinear_global_average_pool,
     "QLinearSoftmax": _qlinear_softmax,

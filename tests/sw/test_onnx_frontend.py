@@ -120,6 +120,24 @@ def test_layout_ops_and_reshape_round_trip(tmp_path):
     assert [n.op for n in g.nodes].count("transpose") <= 2, g.summary()
 
 
+def test_shape_arithmetic_of_view_batch_minus_one(tmp_path):
+    """``x.view(x.size(0), -1)`` as the TorchScript exporter writes it: Shape -> Gather -> Unsqueeze -> Concat ->
+    Reshape; folded to constants, the reshape is the flatten (weight rows permuted, no data movement)."""
+    b = _Builder(SEED)
+    c1 = b.op("Relu", [b.conv("x", 2, 4, 3)])                                           # 4x4x4
+    n = b.op("Gather", [b.op("Shape", [c1]), b.const(np.array(0, np.int64))], axis=0)
+    shape = b.op("Concat", [b.op("Unsqueeze", [n, b.const(np.array([0], np.int64))]),
+                            b.const(np.array([-1], np.int64))], axis=0)
+    flat = b.op("Reshape", [c1, shape])
+    b.nodes.append(helper.make_node("Gemm", [flat, b.const(b.rng.normal(0, 0.2, (5, 64)).astype(np.float32)),
+                                             b.const(np.zeros(5, np.float32))], ["y"], name="fc", transB=1))
+    path = ort_quantize(b.model([("x", (1, 2, 6, 6))], [("y", (1, 5))]), tmp_path)
+    assert "Shape" in {nd.op_type for nd in onnx.load(path).graph.node}
+    g = fe.load_onnx(path)
+    assert [nd.op for nd in g.nodes] == ["conv2d", "fully_connected"], g.summary()
+    check_agreement(path, g, random_inputs(g), "view(N, -1)")
+
+
 def test_float_model_with_calibration_equals_onnxruntime_ptq(tmp_path):
     model = every_op_model()
     src = tmp_path / "float.onnx"
