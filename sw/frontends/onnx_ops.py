@@ -795,6 +795,46 @@ def _transpose(imp, node, act):
     return res
 
 
+def _pad(imp, node, act):
+    """Constant zero padding of H and W (``F.pad``, TensorFlow-style explicit padding): a 1x1 depthwise
+    convolution with unit weights and that padding, whose padded taps read the zero point, i.e. real 0 - exact."""
+    imp.check_attrs(node, {"mode", "pads"})
+    a = imp.attrs(node)
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise imp.error(node, f"attribute 'mode' = {mode!r} is not supported (constant zero padding only)")
+    pads = a.get("pads")
+    if pads is None:
+        pads = [int(v) for v in np.asarray(imp.const(node, 1, "pads")).reshape(-1)]
+    rank = len(act.shape)
+    if len(node.input) > 3 and node.input[3]:
+        axes = [int(v) % rank for v in np.asarray(imp.const(node, 3, "axes")).reshape(-1)]
+        full = [0] * (2 * rank)
+        for k, ax in enumerate(axes):
+            full[ax], full[rank + ax] = pads[k], pads[len(axes) + k]
+        pads = full
+    q = imp.quant_of(act)
+    if len(node.input) > 2 and node.input[2]:
+        value = np.asarray(imp.const(node, 2, "constant_value")).reshape(())
+        zero = (value.dtype in (np.int8, np.uint8) and int(value) - (128 if value.dtype == np.uint8 else 0)
+                == q.zero_point) or (value.dtype.kind == "f" and float(value) == 0.0)
+        if not zero:
+            raise imp.error(node, f"constant_value {value!r} is not supported (zero padding only: real 0, i.e. "
+                            f"the zero point)")
+    if act.layout != "nchw" or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        raise imp.error(node, f"pads {list(pads)} on shape {list(act.shape)}: only non-negative padding of H and W "
+                        f"of an NCHW tensor is supported")
+    top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
+    c = act.shape[1]
+    m, sh = quantize_multiplier(np.full(c, 1.0 / _UNIT))
+    t = imp.add_node(ir.DepthwiseConv2D, imp.node_base(node), [act.tensor], imp.unique_tensor_name(node.output[0]),
+                     q, weight=np.full((1, 1, c), _UNIT, np.int8), bias=np.zeros(c, np.int32),
+                     weight_scale=np.full(1, 1.0 / _UNIT), multiplier=m, shift=sh.astype(np.int32),
+                     padding=(top, bottom, left, right))
+    return imp.act_from_ir(t, act.shape[0], "nchw")
+
+
 def _identity(imp, node, act):
     imp.check_attrs(node, set())
     return act
@@ -833,6 +873,7 @@ CONVERTERS = {
     "Relu": _relu_clip, "Clip": _relu_clip, "Softmax": _softmax,
     "Reshape": _layout(_reshape), "Flatten": _layout(_flatten), "Squeeze": _layout(_squeeze_unsqueeze),
     "Unsqueeze": _layout(_squeeze_unsqueeze), "Transpose": _layout(_transpose), "Identity": _layout(_identity),
+    "Pad": _layout(_pad),
     "Constant": _constant, "Shape": _shape,
     "QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "QLinearAdd": _qlinear_add,
     "QLinearAveragePool": _qlinear_average_pool, "QLinearGlobalAveragePool": _qlinear_global_average_pool,

@@ -138,6 +138,29 @@ def test_shape_arithmetic_of_view_batch_minus_one(tmp_path):
     check_agreement(path, g, random_inputs(g), "view(N, -1)")
 
 
+def test_explicit_zero_pad_before_a_convolution(tmp_path):
+    b = _Builder(SEED)
+    p = b.op("Pad", ["x", b.const(np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64))])        # top 1, bottom 2, right 1
+    y = b.conv(p, 3, 4, 3, strides=[2, 2])
+    path = ort_quantize(b.model([("x", (1, 3, 7, 7))], [(y, (1, 4, 4, 4))]), tmp_path)
+    assert "Pad" in {nd.op_type for nd in onnx.load(path).graph.node}
+    g = fe.load_onnx(path)
+    pad = g.nodes[0]
+    assert pad.op == "depthwise_conv2d" and pad.padding == (1, 2, 0, 1)
+    x = random_inputs(g)
+    _, tensors = graph_forward(g, x, return_tensors=True)
+    padded = tensors[pad.output]
+    z = g.tensors[g.inputs[0]].quant.zero_point
+    expect = np.pad(x, ((0, 0), (1, 2), (0, 1), (0, 0)), constant_values=z)
+    np.testing.assert_array_equal(padded, expect)               # the padding is exact: real 0 is the zero point
+    check_agreement(path, g, x, "Pad + Conv")
+    m = onnx.load(path)
+    pad_node = next(nd for nd in m.graph.node if nd.op_type == "Pad")
+    pad_node.attribute.append(helper.make_attribute("mode", "reflect"))
+    with pytest.raises(fe.OnnxImportError, match=r"\(Pad\): attribute 'mode' = 'reflect' is not supported"):
+        fe.load_onnx(m)
+
+
 def test_float_model_with_calibration_equals_onnxruntime_ptq(tmp_path):
     model = every_op_model()
     src = tmp_path / "float.onnx"
