@@ -21,7 +21,7 @@ import numpy as np
 from .common import require
 
 __all__ = ["every_op_model", "layout_model", "calibration_data", "ort_quantize", "random_inputs", "campaign",
-           "write_models", "INPUT_SHAPE", "SEED"]
+           "write_models", "resnet8_torch", "INPUT_SHAPE", "SEED"]
 
 SEED = 16
 INPUT_SHAPE = (1, 3, 11, 11)
@@ -207,10 +207,53 @@ def _row(model, what, ss):
             "min_top1": float(min(s["top1_identical"] for s in ss))}
 
 
+def resnet8_torch(seed=SEED):
+    """A PyTorch ResNet-8 of MLPerf Tiny's shape (CIFAR-10 32x32x3, three residual stages of 16/32/64 channels, a
+    1x1 strided shortcut where the shape changes, global average pool, linear 10), seeded random weights with
+    BatchNorm folded by the exporter's optimizer. Needs torch."""
+    torch = require("torch", "the PyTorch ResNet-8")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.short = nn.Conv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+        def forward(self, x):
+            y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+            return torch.relu(y + (x if self.short is None else self.short(x)))
+
+    class ResNet8(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU())
+            self.stages = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2))
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.stages(self.stem(x))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    torch.manual_seed(seed)
+    net = ResNet8()
+    for m in net.modules():       # non-trivial BatchNorm statistics, so folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
 def write_models(folder, seed=SEED, out=print):
     """Write the example models to ``folder`` for ``systolic8 info`` / ``run``: the every-op model as float ONNX
-    (with ``every_op_calibration.npy``, NCHW), QDQ and QOperator, and a QDQ model made from a PyTorch module
-    (conv -> ReLU -> max pool -> flatten -> linear, exported with torch.onnx.export and quantized by onnxruntime)."""
+    (with ``every_op_calibration.npy``, NCHW), QDQ and QOperator, and two QDQ models made from PyTorch modules
+    (exported with torch.onnx.export, quantized by onnxruntime over seeded normal data): a small CNN (conv -> ReLU
+    -> max pool -> flatten -> linear) and :func:`resnet8_torch`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = every_op_model(seed)
@@ -233,6 +276,9 @@ def write_models(folder, seed=SEED, out=print):
     cal = np.random.default_rng(seed).normal(size=(64, 1, 28, 28)).astype(np.float32)
     from_torch(net, cal[:1], cal, quantized_path=folder / "torch_cnn_qdq.onnx")
     written.append(folder / "torch_cnn_qdq.onnx")
+    cal = np.random.default_rng(seed).normal(size=(64, 3, 32, 32)).astype(np.float32)
+    from_torch(resnet8_torch(seed), cal[:1], cal, quantized_path=folder / "torch_resnet8_qdq.onnx")
+    written.append(folder / "torch_resnet8_qdq.onnx")
     for p in written:
         out(f"wrote {p}")
     return written

@@ -142,10 +142,22 @@ def test_example_models_for_the_command_line(tmp_path):
     paths = write_models(tmp_path, out=lambda line: None)
     names = sorted(p.name for p in paths)
     assert names == ["every_op_calibration.npy", "every_op_float.onnx", "every_op_qdq.onnx",
-                     "every_op_qoperator.onnx", "torch_cnn_qdq.onnx"]
+                     "every_op_qoperator.onnx", "torch_cnn_qdq.onnx", "torch_resnet8_qdq.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     cal = np.load(tmp_path / "every_op_calibration.npy", allow_pickle=False)
     formats = {p.name: load_model(p, **({"calibration": cal} if "float" in p.name else {})).metadata["onnx"]["format"]
                for p in paths if p.suffix == ".onnx"}
     assert formats == {"every_op_float.onnx": "float+ptq", "every_op_qdq.onnx": "qdq",
-                       "every_op_qoperator.onnx": "qoperator", "torch_cnn_qdq.onnx": "qdq"}
+                       "every_op_qoperator.onnx": "qoperator", "torch_cnn_qdq.onnx": "qdq",
+                       "torch_resnet8_qdq.onnx": "qdq"}
+    # the PyTorch ResNet-8 (BatchNorm folded, three residual stages, 12.5 M MACs): every layer within 1 LSB of
+    # onnxruntime on its own inputs, the logits within the documented end-to-end bounds
+    path = tmp_path / "torch_resnet8_qdq.onnx"
+    g = load_model(path)
+    assert sum(g.macs().values()) == 12_501_632
+    assert [n.op for n in g.nodes].count("add") == 3
+    q = np.random.default_rng(SEED).integers(-128, 128, (4,) + g.input.shape).astype(np.int8)
+    for node, (op, st) in fe.layer_agreement(path, g, q).items():
+        assert st["max_diff"] <= 1, f"seed {SEED}: {node} ({op}): {st}"
+    st = fe.agreement(graph_forward(g, q), fe.reference_run(path, q))
+    assert st["max_diff"] <= 8 and st["within_1"] >= 0.8, f"seed {SEED}: {st}"
