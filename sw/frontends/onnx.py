@@ -62,7 +62,8 @@ def import_model(model_or_path) -> ir.Graph:
     if not _is_quantized(model):
         raise FloatModelError(f"{where} is a float model (no QuantizeLinear/DequantizeLinear or QLinear* "
                               f"operators): int8 import needs calibration data to quantize it - pass "
-                              f"calibration=<array of sample inputs> (load_model(path, calibration=...))")
+                              f"calibration=<sample inputs (N, ...) in the model's layout> to load_model / "
+                              f"load_onnx, or use the int8 model quantize_float_model(path, data, out) writes")
     kind = "qoperator" if any(n.op_type.startswith("QLinear") or n.op_type == "QGemm"
                               for n in model.graph.node) else "qdq"
     return _importer(model, where, kind).run()
@@ -166,8 +167,8 @@ def load_onnx(path_or_model, *, calibration=None, quantized_path=None) -> ir.Gra
     if calibration is None:
         raise FloatModelError(f"{where} is a float model (no QuantizeLinear/DequantizeLinear or QLinear* "
                               f"operators): int8 import needs calibration data to quantize it - pass "
-                              f"calibration=<sample inputs (N, ...) in the model's layout> "
-                              f"(load_model(path, calibration=...), systolic8 ... --calibration DATA)")
+                              f"calibration=<sample inputs (N, ...) in the model's layout> to load_model / "
+                              f"load_onnx, or use the int8 model quantize_float_model(path, data, out) writes")
     qmodel = quantize_float_model(model, calibration, quantized_path)
     graph = _importer(qmodel, where + " (quantized by onnxruntime)", "float+ptq").run()
     graph.metadata["onnx"]["quantized_path"] = None if quantized_path is None else os.fspath(quantized_path)
