@@ -495,3 +495,21 @@ def test_unrepresentable_requantization_names_the_op(tmp_path):
     with pytest.raises(fe.OnnxImportError, match=r"node 'the_conv' \(Conv\): cannot be represented in the int8 IR: "
                                                   r".*multiplier"):
         fe.load_onnx(m)
+
+
+def test_agreement_figures():
+    a = np.array([[0, 5, -3], [10, 0, 0]], np.int8)
+    b = np.array([[0, 6, -5], [10, 11, 0]], np.int8)       # differences 0 1 2 / 0 11 0; argmax 1 1 / 0 1
+    s = fe.agreement(a, b)
+    assert s == {"elements": 6, "exact": 0.5, "within_1": 4 / 6, "max_diff": 11, "top1_identical": 0.5}
+    with pytest.raises(ValueError, match="cannot be compared"):
+        fe.agreement(a, b[:, :2])
+
+
+def test_reference_run_checks_its_inputs(every_op_qdq):
+    with pytest.raises(ValueError, match=r"input 'x' must be int8 of shape \(N, 11, 11, 3\), not float32"):
+        fe.reference_run(every_op_qdq, np.zeros((2, 11, 11, 3), np.float32))
+    with pytest.raises(ValueError, match=r"not int8 \(2, 3, 11, 11\)"):
+        fe.reference_run(every_op_qdq, np.zeros((2, 3, 11, 11), np.int8))
+    with pytest.raises(ValueError, match=r"input 'x' needs shape \(N, 3, 11, 11\)"):
+        fe.to_graph_inputs(fe.load_onnx(every_op_qdq), np.zeros((2, 11, 11, 3), np.float32))
