@@ -4,7 +4,7 @@ The models are float ONNX graphs built with ``onnx.helper`` from seeded random w
 quantizer writes their QDQ and QOperator forms: :func:`every_op_model` holds every operator the importer supports
 (and the awkward attributes: asymmetric pads, SAME_UPPER / SAME_LOWER, dilation, depth multiplier 2, padded pools
 with and without count_include_pad, a transpose before the flatten), :func:`layout_model` the reshape and flatten
-orders. Nothing is downloaded. The tests (``tests/sw/test_onnx_frontend.py``) and the campaign
+orders. Nothing is downloaded. The tests (``tests/sw/frontends/test_onnx.py``) and the campaign
 (``python -m sw.frontends.onnx_testing --seeds 10``) use the same builders; ``docs/onnx.md`` quotes the campaign.
 """
 

@@ -17,7 +17,7 @@ from sw.frontends.torch import export_onnx, from_torch
 from sw.kernels import graph_forward
 
 SEED = 16
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _calibration(shape, n=32, seed=SEED):
