@@ -96,3 +96,9 @@ tiny: $(STAMP)
 # The acceptance campaign: 100 seeded inputs per model on every fast backend, every output element vs LiteRT.
 tiny-check: $(STAMP)
 	$(PY) -m sw.apps.tiny --backend cpu,golden,gpu,verilator --n 100 --arrays 8x8 --out build/reports/tiny-check.json
+
+# ONNX frontend: agreement of the int8 reference kernels with onnxruntime on the seeded test models (docs/onnx.md)
+.PHONY: onnx-agreement
+SEEDS ?= 10
+onnx-agreement: $(STAMP)
+	$(PY) -m sw.frontends.onnx_testing --seeds $(SEEDS)
