@@ -67,7 +67,7 @@ train: $(STAMP)
 	$(PY) -m sw.mnist_app quantize --float models/mnist_float.npz --out models/mnist_int8.npz
 
 mnist: $(STAMP)
-	$(PY) -m sw.mnist_app run --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH) $(if $(WORKERS),--workers $(WORKERS)) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES))
+	$(PY) -m sw.apps.cli run models/mnist_int8.npz --float-model models/mnist_float.npz --data mnist --report build/reports/mnist.json --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH) $(if $(WORKERS),--workers $(WORKERS)) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES))
 
 bench: $(STAMP)
 	$(PY) -m sim.bench --rows $(ROWS) --cols $(COLS) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES)) $(if $(IMAGES),--images $(IMAGES)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(QUICK),--quick)

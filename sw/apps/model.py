@@ -1,0 +1,114 @@
+"""The model a subcommand works on, whatever file it came from, with the operations the apps need.
+
+:func:`open_model` reads a model file and returns a :class:`Model`: its input (shape per sample and the dtypes
+it takes), a :class:`~sw.driver.Driver` for any backend, its float twin where one is paired with it, and its own
+runtime's reference for ``--compare-reference``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .cli import CliError
+
+__all__ = ["Model", "open_model", "SUFFIXES"]
+
+SUFFIXES = (".npz", ".tflite", ".onnx")
+
+
+class Model:
+    """A loaded model. ``net`` is what the driver runs; ``float_model`` the paired ``(network, params)`` or None."""
+
+    def __init__(self, path: Path, kind: str, net, *, input_shape, input_dtypes, float_model=None,
+                 float_path=None):
+        self.path, self.kind, self.net = Path(path), kind, net
+        self.input_shape = tuple(input_shape)
+        self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
+        self.float_model, self.float_path = float_model, float_path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def random_dtype(self) -> np.dtype:
+        """The dtype of ``--random`` inputs: the model's own integer input type."""
+        return self.input_dtypes[0]
+
+    def driver(self, backend, config, *, batch_size=32, workers=None):
+        from sw.driver import Driver
+        return Driver(self.net, backend=backend, config=config, batch_size=batch_size, workers=workers)
+
+    def float_logits(self, x) -> np.ndarray | None:
+        if self.float_model is None:
+            return None
+        from sw.reference import float_forward
+        network, params = self.float_model
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            from sw.reference import images_to_float
+            x = images_to_float(x)
+        return float_forward(network, params, x)
+
+    def reference(self, x):
+        """(runtime name, outputs) of the model's own runtime, for ``--compare-reference``."""
+        raise CliError(f"{self.path}: a toolkit .npz model has no other runtime than the toolkit's own; its reference "
+                       f"is the CPU int8 path, which every run compares with (drop --compare-reference)")
+
+
+def _open_npz(path: Path, float_path):
+    from sw.model_io import ModelFileError, check_pair, load_float, load_quantized
+    try:
+        qnet = load_quantized(path)
+    except ModelFileError as exc:
+        if "looks like" in exc.problem or "systolic8-float" in exc.problem or (
+                exc.field == "__metadata__" and "missing" in exc.problem):
+            try:
+                load_float(path)
+            except ModelFileError:
+                raise exc from None
+            raise CliError(f"{path}: is a float model ({exc.field}); the accelerator runs int8 models: "
+                           f"systolic8 quantize {path} --data DATA --out MODEL_int8.npz") from None
+        raise
+    float_model = None
+    if float_path is not None:
+        float_model = load_float(float_path)
+        check_pair(float_path, qnet, path, float_model=float_model)
+    elif qnet.float_digest is not None:
+        # The float model beside it, if its name says so and its digest agrees.
+        twin = path.with_name(path.name.replace("_int8", "_float")) if "_int8" in path.name else None
+        if twin is not None and twin.is_file():
+            candidate = load_float(twin)
+            from sw.quantize import float_digest
+            if float_digest(*candidate) == qnet.float_digest:
+                float_model, float_path = candidate, twin
+    shape = qnet.network.input_shape
+    return Model(path, "npz", qnet, input_shape=shape, input_dtypes=(np.uint8, np.float32, np.float64),
+                 float_model=float_model, float_path=float_path)
+
+
+def open_model(path, *, float_path=None) -> Model:
+    """Load ``path`` (.npz int8 model of the toolkit, .tflite, .onnx); ``float_path`` is its paired float model."""
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"{path}: no such model file; check the path (models/mnist_int8.npz ships with the toolkit)")
+    if path.is_dir():
+        raise CliError(f"{path}: is a folder; pass a model file ({', '.join(SUFFIXES)})")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _open_npz(path, float_path)
+    if float_path is not None:
+        raise CliError(f"--float-model pairs a toolkit .npz int8 model with its float model; {path} is a "
+                       f"{suffix} model: drop --float-model")
+    if suffix in (".tflite", ".onnx"):
+        try:
+            from sw.frontends import load_model  # noqa: F401
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("sw.frontends"):
+                raise CliError(f"{path}: {suffix} models need the model importers (sw/frontends), which are not "
+                               f"part of this checkout") from None
+            raise
+        raise CliError(f"{path}: {suffix} import is not wired into this command yet")
+    raise CliError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; pass one of {', '.join(SUFFIXES)}")
