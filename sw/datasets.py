@@ -10,7 +10,8 @@ SHA-256 sums are the business of the shipped MNIST copy only (:func:`sw.mnist.lo
   (``t10k``/``test`` preferred over ``train``, or the ``split`` asked for);
 * a ``.npy`` array, or an ``.npz`` archive with the inputs under ``x`` / ``inputs`` / ``images`` (or its only
   array) and optional labels under ``y`` / ``labels``; both read with ``allow_pickle=False``;
-* ``"mnist"``: the MNIST test set shipped inside the package (verified against its canonical SHA-256).
+* ``"mnist"``: MNIST through :func:`sw.mnist.load_mnist`, verified against its canonical SHA-256: the test set
+  shipped inside the package, or (``split="train"``) the training set from ``$MNIST_DIR`` or the download cache.
 
 :func:`fit_inputs` checks a batch against a model's input (shape per sample and dtype) and says what was expected
 when it does not fit. :func:`random_inputs` makes seeded int8/uint8/float inputs for models whose data set is not
@@ -139,7 +140,7 @@ def _load_npy_like(path: Path, what: str, keys: tuple) -> tuple[np.ndarray, np.n
 
 def _split_files(folder: Path, split: str | None) -> tuple[Path, Path | None]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and "idx" in p.name)
-    prefer = [split] if split else ["t10k", "test", "train"]
+    prefer = {"train": ["train"], "test": ["t10k", "test"], None: ["t10k", "test", "train"]}[split]
     for word in prefer:
         images = [p for p in files if word in p.name and "images" in p.name]
         labels = [p for p in files if word in p.name and "labels" in p.name]
@@ -172,7 +173,9 @@ def load_data(data, *, labels=None, split: str | None = None) -> Dataset:
     if str(data) == "mnist":
         from .mnist import load_mnist
         images, mnist_labels = load_mnist(split or "test")
-        result = Dataset(images, mnist_labels.astype(np.int64), f"MNIST {split or 'test'} (shipped copy)")
+        result = Dataset(images, mnist_labels.astype(np.int64),
+                         "the MNIST test set (shipped copy)" if (split or "test") == "test"
+                         else "the MNIST training set ($MNIST_DIR or the download cache)")
     else:
         path = Path(data)
         found_labels = None

@@ -52,6 +52,26 @@ class Model:
             x = images_to_float(x)
         return float_forward(network, params, x)
 
+    def describe(self, config, batch: int = 1) -> list[dict]:
+        """One record per layer: name, op, input/output shape, quantization, where it runs, MACs and predicted
+        cycles per input (the exact cycle model for ``config`` at ``batch`` inputs a run)."""
+        from sw.compiler import compile_network
+        compiled = compile_network(self.net, config)
+        predicted = compiled.predicted_cycles(batch)
+        rows = []
+        for step in compiled.steps:
+            q = step.qlayer
+            quant = {"input": (float(q.input_scale), int(q.input_zero_point)),
+                     "output": (float(q.output_scale), int(q.output_zero_point))}
+            if q.weight is not None:
+                quant["weights"] = f"int8 per channel ({len(q.weight_scale)})"
+                quant["clamp"] = (int(q.act_min), int(q.act_max))
+            cycles = predicted.get(step.name)
+            rows.append({"name": step.name, "op": step.kind, "input_shape": tuple(step.input_shape),
+                         "output_shape": tuple(step.output_shape), "quant": quant, "target": step.target,
+                         "macs": step.macs(1), "cycles": None if cycles is None else cycles / batch})
+        return rows
+
     def reference(self, x):
         """(runtime name, outputs) of the model's own runtime, for ``--compare-reference``."""
         raise CliError(f"{self.path}: a toolkit .npz model has no other runtime than the toolkit's own; its reference "

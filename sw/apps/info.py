@@ -1,0 +1,71 @@
+"""``systolic8 info MODEL``: the imported network layer by layer.
+
+For each layer: its op, input and output shapes (per input, NHWC), quantization (scale and zero point of its input
+and output; weights; the clamp of a fused activation), where it runs (``accelerator`` or ``host``), MACs per input,
+and the cycles per input the exact cycle model (:mod:`sim.cycle_model`) predicts for the configured array and batch
+- the CYCLES counter the RTL would report, not an estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .options import add_hardware, hardware_config
+
+__all__ = ["add_arguments", "run", "table"]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", type=Path, help="the model: .tflite, .onnx or the toolkit's int8 .npz")
+    add_hardware(parser)
+    parser.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
+
+
+def _quant(q) -> str:
+    (s_in, z_in), (s_out, z_out) = q["input"], q["output"]
+    text = f"{s_in:.4g}/{z_in} -> {s_out:.4g}/{z_out}"
+    if "clamp" in q and tuple(q["clamp"]) != (-128, 127):
+        text += f" clamp [{q['clamp'][0]}, {q['clamp'][1]}]"
+    return text
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def table(model, config, batch: int, records) -> str:
+    lines = [f"{model.path}: {len(records)} layers, input {_shape(model.input_shape)} "
+             f"{'/'.join(d.name for d in model.input_dtypes)}; on a {config.rows}x{config.cols} array, "
+             f"{config.bus_bytes}-byte bus, batch {batch}",
+             f"  {'layer':<12}{'op':<12}{'in':>12}{'out':>12}  {'quantization (scale/zero point)':<36}"
+             f"{'runs on':<13}{'MACs':>12}{'cycles':>10}{'util':>7}"]
+    macs = cycles = acc_macs = 0
+    for r in records:
+        util = (r["macs"] / (r["cycles"] * config.rows * config.cols)) if r["cycles"] else None
+        lines.append(f"  {r['name']:<12}{r['op']:<12}{_shape(r['input_shape']):>12}{_shape(r['output_shape']):>12}  "
+                     f"{_quant(r['quant']):<36}{r['target']:<13}{r['macs']:>12,}"
+                     f"{'' if r['cycles'] is None else format(round(r['cycles']), ','):>10}"
+                     f"{'' if util is None else format(100 * util, '.1f') + '%':>7}")
+        macs += r["macs"]
+        if r["target"] == "accelerator":
+            acc_macs += r["macs"]
+            cycles += r["cycles"] or 0
+    share = f"{100 * acc_macs / macs:.1f}%" if macs else "-"
+    util = f"{100 * acc_macs / (cycles * config.rows * config.cols):.1f}%" if cycles else "-"
+    lines.append(f"  total: {macs:,} MACs per input ({share} on the accelerator), {cycles:,.0f} predicted cycles "
+                 f"per input on the accelerator (PE utilization {util}; exact cycle model)")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    config = hardware_config(args.rows, args.cols, args.bus_bytes, batch=args.batch)
+    from .model import open_model
+    model = open_model(args.model)
+    records = model.describe(config, args.batch)
+    if args.json:
+        print(json.dumps({"model": str(model.path), "rows": config.rows, "cols": config.cols,
+                          "bus_bytes": config.bus_bytes, "batch": args.batch, "layers": records}, indent=2))
+    else:
+        print(table(model, config, args.batch, records))
+    return 0
