@@ -72,6 +72,11 @@ class Model:
                          "macs": step.macs(1), "cycles": None if cycles is None else cycles / batch})
         return rows
 
+    def check_reference(self) -> None:
+        """Raise unless :meth:`reference` can run (called before a run, so the error comes first)."""
+        if self.kind == "npz":
+            self.reference(None)
+
     def reference(self, x):
         """(runtime name, outputs) of the model's own runtime, for ``--compare-reference``."""
         raise CliError(f"{self.path}: a toolkit .npz model has no other runtime than the toolkit's own; its reference "
@@ -89,7 +94,7 @@ def _open_npz(path: Path, float_path):
                 load_float(path)
             except ModelFileError:
                 raise exc from None
-            raise CliError(f"{path}: is a float model ({exc.field}); the accelerator runs int8 models: "
+            raise CliError(f"{path}: is a float model; the accelerator runs int8 models: "
                            f"systolic8 quantize {path} --data DATA --out MODEL_int8.npz") from None
         raise
     float_model = None

@@ -96,6 +96,8 @@ def run_model(model, *, data=None, labels=None, split=None, random=None, seed=0,
     """Run ``model`` (a :class:`sw.apps.model.Model`); print the summary, write the report; return it as a dict."""
     if config is None:
         config = hardware_config(8, 8)
+    if compare_reference:
+        model.check_reference()
     x, y, source, is_mnist = _inputs(model, data, labels, split, random, seed, n)
     n = len(x)
     noun = "test images" if is_mnist else "inputs"
