@@ -23,8 +23,8 @@ def add_arguments(parser) -> None:
 
 
 def _quant(q) -> str:
-    (s_in, z_in), (s_out, z_out) = q["input"], q["output"]
-    text = f"{s_in:.4g}/{z_in} -> {s_out:.4g}/{z_out}"
+    s_out, z_out = q["output"]
+    text = " + ".join(f"{s:.4g}/{z}" for s, z in q["input"]) + f" -> {s_out:.4g}/{z_out}"
     if "clamp" in q and tuple(q["clamp"]) != (-128, 127):
         text += f" clamp [{q['clamp'][0]}, {q['clamp'][1]}]"
     return text
@@ -35,22 +35,28 @@ def _shape(shape) -> str:
 
 
 def table(model, config, batch: int, records) -> str:
-    lines = [f"{model.path}: {len(records)} layers, input {_shape(model.input_shape)} "
-             f"{'/'.join(d.name for d in model.input_dtypes)}; on a {config.rows}x{config.cols} array, "
-             f"{config.bus_bytes}-byte bus, batch {batch}",
-             f"  {'layer':<12}{'op':<12}{'in':>12}{'out':>12}  {'quantization (scale/zero point)':<36}"
-             f"{'runs on':<13}{'MACs':>12}{'cycles':>10}{'util':>7}"]
-    macs = cycles = acc_macs = 0
+    """The layer table ``systolic8 info`` prints (columns as wide as their longest entry)."""
+    cells = []
     for r in records:
         util = (r["macs"] / (r["cycles"] * config.rows * config.cols)) if r["cycles"] else None
-        lines.append(f"  {r['name']:<12}{r['op']:<12}{_shape(r['input_shape']):>12}{_shape(r['output_shape']):>12}  "
-                     f"{_quant(r['quant']):<36}{r['target']:<13}{r['macs']:>12,}"
-                     f"{'' if r['cycles'] is None else format(round(r['cycles']), ','):>10}"
-                     f"{'' if util is None else format(100 * util, '.1f') + '%':>7}")
-        macs += r["macs"]
-        if r["target"] == "accelerator":
-            acc_macs += r["macs"]
-            cycles += r["cycles"] or 0
+        target = r["target"] + (" (int32)" if r.get("raw") else "")
+        cells.append((r["name"], r["op"], _shape(r["input_shape"]), _shape(r["output_shape"]), _quant(r["quant"]),
+                      target, f"{r['macs']:,}", "" if r["cycles"] is None else f"{round(r['cycles']):,}",
+                      "" if util is None else f"{100 * util:.1f}%"))
+    head = ("layer", "op", "in", "out", "quantization (scale/zero point)", "runs on", "MACs", "cycles", "util")
+    widths = [max(len(row[i]) for row in cells + [head]) for i in range(len(head))]
+    right = {2, 3, 6, 7, 8}
+
+    def line(row):
+        return "  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines = [f"{model.path}: {len(records)} layers, input {_shape(model.input_shape)} "
+             f"{'/'.join(d.name for d in model.input_dtypes)}; on a {config.rows}x{config.cols} array, "
+             f"{config.bus_bytes}-byte bus, batch {batch}", line(head)] + [line(row) for row in cells]
+    macs = sum(r["macs"] for r in records)
+    acc_macs = sum(r["macs"] for r in records if r["target"] == "accelerator")
+    cycles = sum(r["cycles"] or 0 for r in records if r["target"] == "accelerator")
     share = f"{100 * acc_macs / macs:.1f}%" if macs else "-"
     util = f"{100 * acc_macs / (cycles * config.rows * config.cols):.1f}%" if cycles else "-"
     lines.append(f"  total: {macs:,} MACs per input ({share} on the accelerator), {cycles:,.0f} predicted cycles "

@@ -37,6 +37,11 @@ class Model:
         """The dtype of ``--random`` inputs: the model's own integer input type."""
         return self.input_dtypes[0]
 
+    def _int8(self, x) -> np.ndarray:
+        """The int8 model input of ``x`` (floats quantized with the input tensor's scale and zero point)."""
+        x = np.asarray(x)
+        return x if x.dtype == np.int8 else self.graph.input.quant.quantize(x)
+
     def driver(self, backend, config, *, batch_size=32, workers=None):
         from sw.driver import Driver
         return Driver(self.net, backend=backend, config=config, batch_size=batch_size, workers=workers)
@@ -52,33 +57,60 @@ class Model:
             x = images_to_float(x)
         return float_forward(network, params, x)
 
+    @property
+    def graph(self):
+        """The model as the graph IR (the driver runs every model as its graph)."""
+        from sw.ir import Graph
+        return self.net if isinstance(self.net, Graph) else Graph.from_quantized_network(self.net)
+
     def describe(self, config, batch: int = 1) -> list[dict]:
         """One record per layer: name, op, input/output shape, quantization, where it runs, MACs and predicted
         cycles per input (the exact cycle model for ``config`` at ``batch`` inputs a run)."""
-        from sw.compiler import compile_network
-        compiled = compile_network(self.net, config)
+        from sw.compiler import compile_graph
+        graph = self.graph
+        compiled = compile_graph(graph, config)
         predicted = compiled.predicted_cycles(batch)
         rows = []
         for step in compiled.steps:
-            q = step.qlayer
-            quant = {"input": (float(q.input_scale), int(q.input_zero_point)),
-                     "output": (float(q.output_scale), int(q.output_zero_point))}
-            if q.weight is not None:
-                quant["weights"] = f"int8 per channel ({len(q.weight_scale)})"
-                quant["clamp"] = (int(q.act_min), int(q.act_max))
+            node = step.node
+            ins = graph.input_tensors(node)
+            out = graph.output_tensor(node)
+            quant = {"input": [(float(t.quant.scale), int(t.quant.zero_point)) for t in ins],
+                     "output": (float(out.quant.scale), int(out.quant.zero_point))}
+            if getattr(node, "weight", None) is not None:
+                ws = np.atleast_1d(node.weight_scale)
+                quant["weights"] = f"int8 per {'channel' if ws.size > 1 else 'tensor'} ({ws.size})"
+            if hasattr(node, "act_min"):
+                quant["clamp"] = (int(node.act_min), int(node.act_max))
             cycles = predicted.get(step.name)
             rows.append({"name": step.name, "op": step.kind, "input_shape": tuple(step.input_shape),
                          "output_shape": tuple(step.output_shape), "quant": quant, "target": step.target,
-                         "macs": step.macs(1), "cycles": None if cycles is None else cycles / batch})
+                         "raw": bool(getattr(step, "raw", False)), "macs": step.macs(1),
+                         "cycles": None if cycles is None else cycles / batch})
         return rows
 
     def check_reference(self) -> None:
         """Raise unless :meth:`reference` can run (called before a run, so the error comes first)."""
         if self.kind == "npz":
             self.reference(None)
+        self._reference_runner()
+
+    def _reference_runner(self):
+        try:
+            from sw.frontends import reference_run
+        except ImportError:
+            try:
+                from sw.reference import reference_run
+            except ImportError:
+                raise CliError(f"{self.path}: --compare-reference needs sw.frontends.reference_run (the model "
+                               f"importers), which this checkout lacks") from None
+        return reference_run
 
     def reference(self, x):
         """(runtime name, outputs) of the model's own runtime, for ``--compare-reference``."""
+        if self.kind != "npz":
+            runtime = {"tflite": "LiteRT (BUILTIN_REF kernels)", "onnx": "onnxruntime"}[self.kind]
+            return runtime, self._reference_runner()(self.path, self._int8(x))
         raise CliError(f"{self.path}: a toolkit .npz model has no other runtime than the toolkit's own; its reference "
                        f"is the CPU int8 path, which every run compares with (drop --compare-reference)")
 
@@ -129,11 +161,13 @@ def open_model(path, *, float_path=None) -> Model:
                        f"{suffix} model: drop --float-model")
     if suffix in (".tflite", ".onnx"):
         try:
-            from sw.frontends import load_model  # noqa: F401
+            from sw.frontends import load_model
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("sw.frontends"):
                 raise CliError(f"{path}: {suffix} models need the model importers (sw/frontends), which are not "
                                f"part of this checkout") from None
             raise
-        raise CliError(f"{path}: {suffix} import is not wired into this command yet")
+        graph = load_model(path)
+        return Model(path, suffix[1:], graph, input_shape=graph.input.shape,
+                     input_dtypes=(np.int8, np.float32, np.float64))
     raise CliError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; pass one of {', '.join(SUFFIXES)}")

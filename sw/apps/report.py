@@ -63,15 +63,17 @@ def summary(report) -> str:
                      f"(ideal {report['macs_per_image'] / (report['rows'] * report['cols']):,.0f}; "
                      f"PE utilization {100 * report['utilization']:.1f}%)")
         host = [layer for layer in report.get("host_layers", []) if layer["macs"]]
-        lines.append(f"  {'layer':<8}{'MACs/img':>12}{'cycles/img':>12}{'util':>8}")
-        for layer in report["layers"]:
-            lines.append(f"  {layer['name']:<8}{layer['macs'] / report['images']:>12,.0f}"
-                         f"{layer['cycles'] / report['images']:>12,.0f}{100 * layer['utilization']:>7.1f}%")
-        for layer in host:
-            lines.append(f"  {layer['name']:<8}{layer['macs'] / report['images']:>12,.0f}{'host':>12}{'':>8}")
-        if host:
-            share = report.get("accelerator_mac_share")
-            lines.append(f"  MACs on the accelerator: {100 * share:.1f}%")
+        if not host and all(len(layer["name"]) <= 8 for layer in report["layers"]):
+            # make mnist's table, as it has always been
+            lines.append(f"  {'layer':<8}{'MACs/img':>12}{'cycles/img':>12}{'util':>8}")
+            for layer in report["layers"]:
+                lines.append(f"  {layer['name']:<8}{layer['macs'] / report['images']:>12,.0f}"
+                             f"{layer['cycles'] / report['images']:>12,.0f}{100 * layer['utilization']:>7.1f}%")
+        else:
+            lines.extend(_layer_table(report, unit))
+        share = report.get("accelerator_mac_share")
+        if host and share is not None:
+            lines.append(f"  MACs on the accelerator: {100 * share:.1f}% (the rest on the host int8 kernels)")
     if report["backend"] == "model":
         lines.append(f"  wall {report['backend_wall_s']:.1f} s: logits from the CPU int8 path, cycles from the exact "
                      f"cycle model (sim/cycle_model.py), equal to the verilator backend's counters")
@@ -83,6 +85,25 @@ def summary(report) -> str:
         lines.append(f"  host Python (lowering, read-back, pooling): {100 * report['host_fraction']:.0f}% of the "
                      f"workers' busy time")
     return "\n".join(lines)
+
+
+def _layer_table(report, unit) -> list[str]:
+    """Every layer with MACs in graph order: where it ran, MACs, cycles and utilization per input."""
+    n = report["images"]
+    by_name = {layer["name"]: layer for layer in report["layers"]}
+    by_name.update({layer["name"]: {**layer, "host": True} for layer in report.get("host_layers", [])})
+    names = [name for name in report.get("order", list(by_name)) if by_name[name]["macs"]]
+    short = "img" if unit == "image" else "inf"
+    width = max([len("layer")] + [len(name) for name in names])
+    lines = [f"  {'layer':<{width}}  {'runs on':<11}{'MACs/' + short:>12}{'cycles/' + short:>12}{'util':>8}"]
+    for name in names:
+        layer = by_name[name]
+        if layer.get("host"):
+            lines.append(f"  {name:<{width}}  {'host':<11}{layer['macs'] / n:>12,.0f}")
+        else:
+            lines.append(f"  {name:<{width}}  {'accelerator':<11}{layer['macs'] / n:>12,.0f}"
+                         f"{layer['cycles'] / n:>12,.0f}{100 * layer['utilization']:>7.1f}%")
+    return lines
 
 
 def plot_layers(report, path) -> None:

@@ -120,8 +120,9 @@ def run_model(model, *, data=None, labels=None, split=None, random=None, seed=0,
         progress.close()
     out, ref_out = result.logits.reshape(n, -1), cpu.logits.reshape(n, -1)
     mismatched = np.flatnonzero(np.any(out != ref_out, axis=1))
-    layers, host_layers = [], []
+    layers, host_layers, order = [], [], []
     for stats in result.layers:
+        order.append(stats.name)
         if stats.target != "accelerator":
             host_layers.append({"name": stats.name, "kind": stats.kind, "macs": stats.macs})
             continue
@@ -152,6 +153,7 @@ def run_model(model, *, data=None, labels=None, split=None, random=None, seed=0,
         "utilization": acc_macs / (cycles * config.rows * config.cols) if cycles else None,
         "layers": layers,
         "host_layers": host_layers,
+        "order": order,
         "wall_s": None,
         "backend_wall_s": round(backend_wall, 3),
         "images_per_s": n / backend_wall,
