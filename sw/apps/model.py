@@ -96,15 +96,21 @@ class Model:
         self._reference_runner()
 
     def _reference_runner(self):
+        """``reference_run(path, int8 inputs) -> int8 outputs`` of the frontend for this model's kind."""
+        import importlib
+        module_name = f"sw.frontends.{self.kind}"
         try:
-            from sw.frontends import reference_run
-        except ImportError:
-            try:
-                from sw.reference import reference_run
-            except ImportError:
-                raise CliError(f"{self.path}: --compare-reference needs sw.frontends.reference_run (the model "
-                               f"importers), which this checkout lacks") from None
-        return reference_run
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                raise CliError(f"{self.path}: --compare-reference needs the {self.kind} frontend ({module_name}), "
+                               f"which this checkout lacks") from None
+            raise
+        runner = getattr(module, "reference_run", None)
+        if runner is None:
+            raise CliError(f"{self.path}: the {self.kind} frontend has no reference_run yet: drop "
+                           f"--compare-reference")
+        return runner
 
     def reference(self, x):
         """(runtime name, outputs) of the model's own runtime, for ``--compare-reference``."""

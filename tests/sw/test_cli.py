@@ -252,3 +252,27 @@ def test_cycle_model_probes_leave_no_unused_elaboratable_warnings():
                           timeout=120)
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
     assert "UnusedElaboratable" not in done.stderr and "Warning" not in done.stderr, done.stderr
+
+
+def _tiny(name):
+    """An MLPerf Tiny model: the repository's copy, else the shared one beside the checkout."""
+    for folder in (ROOT / "models" / "mlperf-tiny", ROOT.parent / "shared" / "models" / "mlperf-tiny",
+                   ROOT.parents[1] / "shared" / "models" / "mlperf-tiny"):
+        if (folder / name).is_file():
+            return folder / name
+    raise AssertionError(f"{name} is neither in models/mlperf-tiny nor in ../shared/models/mlperf-tiny")
+
+
+def test_info_and_run_a_tflite_model_against_litert(capsys, tmp_path):
+    model = _tiny("dscnn_kws_int8.tflite")
+    rc, out, _ = run_cli(capsys, "info", model, "--batch", 1)
+    assert rc == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[2:-1]}
+    assert "host" in rows["depthwise_conv_2d_1"].split() and "accelerator" in rows["conv_2d_0"].split()
+    assert "72,000" in rows["depthwise_conv_2d_1"].split()  # 25x5 outputs x 64 channels x 3x3 taps
+    rc, out, _ = run_cli(capsys, "run", model, "--random", 3, "--seed", 5, "--backend", "cpu", "--compare-reference",
+                         "--report", tmp_path / "k.json")
+    report = json.loads((tmp_path / "k.json").read_text())
+    assert rc == 0 and report["reference"]["mismatched_elements"] == 0 and report["reference"]["elements"] == 36
+    assert "vs LiteRT (BUILTIN_REF kernels): 0 of 36 output elements differ" in out
+    assert report["data"] == "3 random int8 inputs (seed 5)"
