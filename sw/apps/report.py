@@ -132,13 +132,13 @@ def plot_layers(report, path) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     top = max(measured + ideal) if layers else 1
-    ax.set_ylim(bottom=max(min(ideal + measured) / 3, 0.5) if layers else 1, top=top * 6)
-    ax.set_xticks(x, names, rotation=30 if len(names) > 8 else 0)
+    ax.set_ylim(bottom=max(min(ideal + measured) / 3, 0.5) if layers else 1, top=top * 25)
+    ax.set_xticks(x, names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
     ax.set_ylabel("cycles per input (log scale)")
     ax.set_title(f"{report.get('title', 'MNIST')} on a {report['rows']}x{report['cols']} array "
                  f"({report.get('backend_label', report['backend'])}); labels: PE utilization = MACs / "
                  f"(cycles x PEs)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
