@@ -1,9 +1,11 @@
 """`make mnist`: the quantized MNIST CNN through the accelerator's RTL (or another backend), checked image by image.
 
     python -m sw.mnist_app run [--backend verilator] [--n 200] [--rows 8 --cols 8] [--batch 32] [--workers 2]
-    python -m sw.mnist_app quantize --float models/mnist_float.npz --out models/mnist_int8.npz
+    python -m sw.mnist_app quantize --float models/mnist_float.npz --out build/models/mnist_int8.npz
 
-``run`` classifies the first N test images (the test set ships inside the package) on the chosen backend and on the
+``run`` is ``systolic8 run models/mnist_int8.npz --float-model models/mnist_float.npz --data mnist`` (see
+:mod:`sw.apps.run`); the int8 model must be quantized from the shipped float model (the digest it records is
+checked). It classifies the first N test images (the test set ships inside the package) on the chosen backend and on the
 CPU int8 reference, counts the images whose int8 logits differ (``mismatches``, which must be 0), measures float,
 CPU-int8 and backend accuracy, reads per-layer cycles from the hardware counters, prints a summary and writes
 ``build/reports/mnist.json`` and a PNG of per-layer cycles against the ideal ``MACs / (rows * cols)``. On the
@@ -13,13 +15,9 @@ Verilator backend ``--workers`` batches are simulated at once (default: one per 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 from .apps.cli import CliError
 from .apps.report import Progress, plot_layers, summary  # noqa: F401  (kept importable from here)

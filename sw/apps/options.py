@@ -11,7 +11,7 @@ import argparse
 
 from hw.isa import HardwareConfig
 
-from .cli import CliError, Parser
+from .cli import CliError
 
 __all__ = ["BUS_BYTES", "MAX_ROWS", "MAX_COLS", "add_hardware", "hardware_config", "check_count", "check_output"]
 
