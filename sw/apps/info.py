@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_hardware, hardware_config
+from .options import add_calibration, add_hardware, calibration_of, hardware_config
 
 __all__ = ["add_arguments", "run", "table"]
 
@@ -19,6 +19,7 @@ __all__ = ["add_arguments", "run", "table"]
 def add_arguments(parser) -> None:
     parser.add_argument("model", type=Path, help="the model: .tflite, .onnx or the toolkit's int8 .npz")
     add_hardware(parser)
+    add_calibration(parser)
     parser.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
 
 
@@ -67,7 +68,7 @@ def table(model, config, batch: int, records) -> str:
 def run(args) -> int:
     config = hardware_config(args.rows, args.cols, args.bus_bytes, batch=args.batch)
     from .model import open_model
-    model = open_model(args.model)
+    model = open_model(args.model, calibration=calibration_of(args))
     records = model.describe(config, args.batch)
     if args.json:
         print(json.dumps({"model": str(model.path), "rows": config.rows, "cols": config.cols,

@@ -27,6 +27,7 @@ class Model:
         self.input_shape = tuple(input_shape)
         self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
         self.float_model, self.float_path = float_model, float_path
+        self.calibration = None
 
     @property
     def name(self) -> str:
@@ -36,6 +37,18 @@ class Model:
     def random_dtype(self) -> np.dtype:
         """The dtype of ``--random`` inputs: the model's own integer input type."""
         return self.input_dtypes[0]
+
+    def fit(self, x, source: str) -> np.ndarray:
+        """A batch of data as this model takes it, checked (:func:`sw.datasets.fit_inputs`). An ONNX model also
+        takes floats in its own layout (NCHW), converted as its QuantizeLinear would."""
+        from sw.datasets import fit_inputs
+        x = np.asarray(x)
+        meta = (self.net.metadata.get("onnx", {}).get("inputs") if self.kind == "onnx" else None) or []
+        if (len(meta) == 1 and meta[0].get("layout") == "NCHW" and x.shape[1:] == tuple(meta[0]["shape"][1:])
+                and tuple(meta[0]["shape"][1:]) != self.input_shape and np.issubdtype(x.dtype, np.floating)):
+            from sw.frontends.onnx import to_graph_inputs
+            x = to_graph_inputs(self.net, x)[0]
+        return fit_inputs(x, self.input_shape, self.input_dtypes, source)
 
     def _int8(self, x) -> np.ndarray:
         """The int8 model input of ``x`` (floats quantized with the input tensor's scale and zero point)."""
@@ -116,7 +129,8 @@ class Model:
         """(runtime name, outputs) of the model's own runtime, for ``--compare-reference``."""
         if self.kind != "npz":
             runtime = {"tflite": "LiteRT (BUILTIN_REF kernels)", "onnx": "onnxruntime"}[self.kind]
-            return runtime, self._reference_runner()(self.path, self._int8(x))
+            extra = {} if self.calibration is None else {"calibration": self.calibration}
+            return runtime, self._reference_runner()(self.path, self._int8(x), **extra)
         raise CliError(f"{self.path}: a toolkit .npz model has no other runtime than the toolkit's own; its reference "
                        f"is the CPU int8 path, which every run compares with (drop --compare-reference)")
 
@@ -152,8 +166,22 @@ def _open_npz(path: Path, float_path):
                  float_model=float_model, float_path=float_path)
 
 
-def open_model(path, *, float_path=None) -> Model:
-    """Load ``path`` (.npz int8 model of the toolkit, .tflite, .onnx); ``float_path`` is its paired float model."""
+def load_calibration(data, n: int = 500) -> np.ndarray:
+    """Calibration inputs for a float ONNX model: the first ``n`` samples of ``data`` (any format
+    :func:`sw.datasets.load_data` reads), as float32 in the model's own layout."""
+    from sw.datasets import load_data
+    from .options import check_count
+    dataset = load_data(data)
+    count = min(check_count("--calibration-n", n, None, "calibration inputs"), len(dataset))
+    x = dataset.x[:count]
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise CliError(f"{dataset.source}: calibration inputs must be numbers, not {x.dtype}")
+    return x.astype(np.float32)
+
+
+def open_model(path, *, float_path=None, calibration=None) -> Model:
+    """Load ``path`` (.npz int8 model of the toolkit, .tflite, .onnx); ``float_path`` is its paired float model,
+    ``calibration`` the sample inputs (float32, the model's layout) a float ONNX model is quantized with."""
     path = Path(path)
     if not path.exists():
         raise CliError(f"{path}: no such model file; check the path (models/mnist_int8.npz ships with the toolkit)")
@@ -165,6 +193,9 @@ def open_model(path, *, float_path=None) -> Model:
     if float_path is not None:
         raise CliError(f"--float-model pairs a toolkit .npz int8 model with its float model; {path} is a "
                        f"{suffix} model: drop --float-model")
+    if calibration is not None and suffix != ".onnx":
+        raise CliError(f"--calibration quantizes a float ONNX model; {path} is already an int8 {suffix} model: "
+                       f"drop --calibration")
     if suffix in (".tflite", ".onnx"):
         try:
             from sw.frontends import load_model
@@ -173,7 +204,9 @@ def open_model(path, *, float_path=None) -> Model:
                 raise CliError(f"{path}: {suffix} models need the model importers (sw/frontends), which are not "
                                f"part of this checkout") from None
             raise
-        graph = load_model(path)
-        return Model(path, suffix[1:], graph, input_shape=graph.input.shape,
-                     input_dtypes=(np.int8, np.float32, np.float64))
+        graph = load_model(path) if calibration is None else load_model(path, calibration=calibration)
+        model = Model(path, suffix[1:], graph, input_shape=graph.input.shape,
+                      input_dtypes=(np.int8, np.float32, np.float64))
+        model.calibration = calibration
+        return model
     raise CliError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; pass one of {', '.join(SUFFIXES)}")

@@ -83,3 +83,20 @@ def check_output(path, *, force: bool = False) -> None:
     if path.is_dir():
         raise CliError(f"--out {path} is a folder; name the .npz file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def add_calibration(parser) -> None:
+    """--calibration DATA and --calibration-n N: the samples a float ONNX model is quantized with."""
+    group = parser.add_argument_group("float ONNX models")
+    group.add_argument("--calibration", default=None, metavar="DATA",
+                       help="sample inputs (.npy/.npz/IDX, the model's own layout) to quantize a float ONNX model")
+    group.add_argument("--calibration-n", type=_int, default=500, metavar="N",
+                       help="use the first N calibration samples (default 500)")
+
+
+def calibration_of(args):
+    """The calibration array of the options, or None."""
+    if getattr(args, "calibration", None) is None:
+        return None
+    from .model import load_calibration
+    return load_calibration(args.calibration, args.calibration_n)

@@ -56,8 +56,12 @@ def summary(report) -> str:
     lines.append(f"  mismatches vs the CPU int8 path: {report['mismatches']} {what}")
     ref = report.get("reference")
     if ref:
-        lines.append(f"  vs {ref['runtime']}: {ref['mismatched_elements']:,} of {ref['elements']:,} output elements "
-                     f"differ" + (f" (largest difference {ref['max_abs_diff']})" if ref['mismatched_elements'] else ""))
+        line = (f"  vs {ref['runtime']}: {ref['mismatched_elements']:,} of {ref['elements']:,} output elements "
+                f"differ" + (f" (largest difference {ref['max_abs_diff']})" if ref["mismatched_elements"] else ""))
+        if not ref.get("exact", True):
+            line += (f"; {ref.get('beyond_1_lsb', 0):,} by more than 1 LSB (its float requantization rounds "
+                     f"otherwise); top-1 identical on {100 * ref.get('top1_identical', 1):.1f}%")
+        lines.append(line)
     if report["cycles_per_image"]:
         lines.append(f"  cycles per {unit}: {report['cycles_per_image']:,.0f}  "
                      f"(ideal {report['macs_per_image'] / (report['rows'] * report['cols']):,.0f}; "
