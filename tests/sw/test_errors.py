@@ -98,6 +98,11 @@ CASES = [
      r"a toolkit \.npz model has no other runtime than the toolkit's own"),
     ("quantize --out onto a shipped model", lambda t: ["quantize", FLOAT, "--data", "mnist", "--out", INT8],
      r"mnist_int8\.npz is a model shipped with the toolkit and is not replaced by default; write elsewhere"),
+    ("--calibration on an int8 model", lambda t: ["run", ROOT / "models" / "mlperf-tiny" / "dscnn_kws_int8.tflite",
+                                                  "--random", "1", "--calibration",
+                                                  _save(t / "c.npy", np.zeros((2, 49, 10, 1), np.float32))],
+     r"--calibration quantizes a float ONNX model; .*dscnn_kws_int8\.tflite is already an int8 \.tflite model: "
+     r"drop --calibration"),
     ("train on data without labels", lambda t: ["train", "--data", _save(t / "x.npy", np.zeros((4, 28, 28), np.uint8)),
                                                 "--out", t / "f.npz"],
      r"x\.npy: training needs labels; pass --labels"),
