@@ -276,3 +276,15 @@ def test_info_and_run_a_tflite_model_against_litert(capsys, tmp_path):
     assert rc == 0 and report["reference"]["mismatched_elements"] == 0 and report["reference"]["elements"] == 36
     assert "vs LiteRT (BUILTIN_REF kernels): 0 of 36 output elements differ" in out
     assert report["data"] == "3 random int8 inputs (seed 5)"
+
+
+def test_make_targets_are_thin_wrappers_of_the_command():
+    """make mnist runs systolic8 run on the shipped pair (so the float model is checked against the int8 one);
+    make train writes build/models unless told otherwise."""
+    make = (ROOT / "Makefile").read_text()
+    mnist = make.split("\nmnist:", 1)[1].split("\n\n", 1)[0]
+    assert "-m sw.apps.cli run models/mnist_int8.npz --float-model models/mnist_float.npz --data mnist" in mnist
+    assert "--report build/reports/mnist.json" in mnist and "--n $(N)" in mnist and "--rows $(ROWS)" in mnist
+    train = make.split("\ntrain:", 1)[1].split("\n\n", 1)[0]
+    assert "-m sw.apps.cli train" in train and "-m sw.apps.cli quantize" in train
+    assert "MODEL_DIR ?= build/models" in make and "$(if $(FORCE),--force)" in train
