@@ -248,6 +248,9 @@ class Driver:
                                     or not 1 <= workers <= 256):
             raise ValueError(f"Workers must be an integer from 1 to 256 (or None for one per core), not {workers!r}")
         if isinstance(model, Graph):
+            if len(model.inputs) != 1:
+                raise ValueError(f"the driver runs graphs with one input; {model.name!r} has {len(model.inputs)}: "
+                                 f"{list(model.inputs)}")
             self.qnet, self.graph = None, model
         else:
             compile_network(model, config)      # the legacy checks and their messages

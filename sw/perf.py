@@ -21,8 +21,11 @@ __all__ = ["mnist_cycles_per_image", "network_macs_per_image", "MEASURED_FMAX_MH
 MEASURED_FMAX_MHZ = {("ecp5-85k", 4, 4): 82.6, ("ecp5-85k", 8, 8): 74.9, ("ecp5-85k", 16, 16): 54.7}
 
 
-def measured_fmax_mhz(rows: int, cols: int, target: str = "ecp5-85k") -> float | None:
-    """The measured Fmax (MHz) of a ``rows`` x ``cols`` accelerator on ``target``, or None if never measured."""
+def measured_fmax_mhz(rows: int, cols: int, target: str = "ecp5-85k", bus_bytes: int = 8) -> float | None:
+    """The measured Fmax (MHz) of a ``rows`` x ``cols`` accelerator with a ``bus_bytes`` AXI bus on ``target``, or
+    None if that build was never placed and routed (every measured build has the 8-byte bus)."""
+    if bus_bytes != 8:
+        return None
     return MEASURED_FMAX_MHZ.get((target, rows, cols))
 
 

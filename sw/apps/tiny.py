@@ -73,7 +73,7 @@ def run_model(name: str, path: Path, *, arrays, backend: str, n: int, seed: int,
         cycles = result.cycles
         predicted = sum(driver.compiled.predicted_cycles(batch).values()) * (-(-n // batch))
         per_inf = cycles / n if cycles else None
-        fmax = measured_fmax_mhz(config.rows, config.cols)
+        fmax = measured_fmax_mhz(config.rows, config.cols, bus_bytes=config.bus_bytes)
         layers = []
         for stats, step in zip(result.layers, driver.compiled.steps):
             layers.append({"name": stats.name, "op": step.kind, "target": stats.target,
@@ -85,6 +85,8 @@ def run_model(name: str, path: Path, *, arrays, backend: str, n: int, seed: int,
                  "cycles_per_inference": per_inf, "cycle_model_cycles_per_inference": predicted / n,
                  "utilization": result.utilization(), "accelerator_mac_share": result.accelerator_share,
                  "fmax_mhz": fmax, "latency_ms": (per_inf / (fmax * 1e3)) if (per_inf and fmax) else None,
+                 "latency_note": "accelerator cycles / measured Fmax; host layers (depthwise, ADD, pooling, "
+                                 "softmax) not included",
                  "wall_s": wall, "workers": driver.workers, "note": result.note, "layers": layers}
         out["arrays"].append(entry)
         log(f"  {spec}: {mismatched} mismatching elements of {reference.size}, "
@@ -101,7 +103,8 @@ def format_report(report: dict) -> str:
         if not m["arrays"]:
             continue
         lines.append(f"  {'array':<6} {'mismatches':>10} {'cycles/inf':>11} {'util':>6} {'MACs on accel':>13} "
-                     f"{'Fmax':>9} {'latency':>9}")
+                     f"{'Fmax':>9} {'latency':>9}   (cycles and latency: the accelerator layers; host layers "
+                     f"not counted)")
         for a in m["arrays"]:
             cyc = f"{a['cycles_per_inference']:,.0f}" if a["cycles_per_inference"] else "-"
             util = f"{a['utilization']:.1%}" if a["utilization"] else "-"

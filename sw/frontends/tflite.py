@@ -49,7 +49,7 @@ _ACTIVATIONS = {0: "none", 1: "relu", 2: "relu_n1_to_1", 3: "relu6"}
 _ACTIVATION_NAMES = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 
 #: How LiteRT's reference FULLY_CONNECTED rounds its requantization. Measured on ai-edge-litert 2.3.0 with
-#: BUILTIN_REF (tests/sw/test_tflite_frontend.py re-measures it): one rounding (TFLITE_SINGLE_ROUNDING's formula) -
+#: BUILTIN_REF (tests/sw/frontends/test_tflite.py re-measures it): one rounding (TFLITE_SINGLE_ROUNDING's formula) -
 #: on the two MLPerf Tiny models' FULLY_CONNECTED layers (200 inputs) 0 of 4,400 elements differ that way against 34
 #: with gemmlowp's double rounding - while CONV_2D and DEPTHWISE_CONV_2D round twice (with single rounding 361 of
 #: 344,064 ResNet-8 convolution outputs differ, with double rounding none). docs/import.md.

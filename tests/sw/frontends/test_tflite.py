@@ -1,7 +1,7 @@
 """sw.frontends.tflite and sw.kernels against LiteRT's reference kernels (OpResolverType.BUILTIN_REF).
 
 Every comparison is element by element on seeded random int8 inputs, on the two MLPerf Tiny models shipped in
-models/mlperf-tiny and on seeded models built here (tests/sw/tflite_models.py) with every supported operator, per
+models/mlperf-tiny and on seeded models built here (tests/sw/frontends/tflite_models.py) with every supported operator, per
 tensor and per channel. Intermediate tensors are compared too (LiteRT keeps them with preserve_all_tensors), so a
 mismatch names the first node that differs."""
 
@@ -23,7 +23,7 @@ from sw.kernels import graph_forward
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tflite_models import ModelBuilder, edge_cnn  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MLPERF = ROOT / "models" / "mlperf-tiny"
 RESNET8 = MLPERF / "resnet8_cifar10_int8.tflite"
 DSCNN = MLPERF / "dscnn_kws_int8.tflite"
@@ -212,3 +212,9 @@ def test_load_model_dispatch():
     assert model_kind(npz) == "npz"
     graph = load_model(npz)
     assert graph.source == "npz" and graph.nodes[0].op == "conv2d"
+
+
+def test_missing_extra_says_which_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tflite", None)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[model\]'"):
+        load_tflite(DSCNN)

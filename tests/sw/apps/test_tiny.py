@@ -17,7 +17,7 @@ from sw.frontends import load_model
 from sw.frontends.tflite import reference_run
 from sw.kernels import graph_forward
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RESNET8 = ROOT / "models" / "mlperf-tiny" / "resnet8_cifar10_int8.tflite"
 DSCNN = ROOT / "models" / "mlperf-tiny" / "dscnn_kws_int8.tflite"
 
