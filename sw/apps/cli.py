@@ -68,13 +68,13 @@ def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a deliberate message about the user's input (one line) rather than a bug (traceback).
 
     User errors: :class:`CliError`, file-system errors (a missing or unreadable file), a missing optional package
-    (:class:`ImportError`, told which extra to install), and ``ValueError`` / ``RuntimeError`` / ``LookupError``
-    raised by the toolkit's own code (hw/, sim/, sw/), which name the cause and the fix by the project's rules.
+    (:class:`ImportError`, told which extra to install), and ``ValueError`` / ``RuntimeError`` raised by the
+    toolkit's own code (hw/, sim/, sw/), which name the cause and the fix by the project's rules.
     A ``ValueError`` from inside NumPy or another library is a bug of ours and keeps its traceback.
     """
     if isinstance(exc, (CliError, OSError, ImportError)):
         return True
-    return isinstance(exc, (ValueError, RuntimeError, LookupError)) and _raised_in_our_code(exc)
+    return isinstance(exc, (ValueError, RuntimeError)) and _raised_in_our_code(exc)
 
 
 def format_error(exc: BaseException) -> str:
