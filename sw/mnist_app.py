@@ -89,7 +89,7 @@ def main(argv=None):
     q.add_argument("--method", choices=("minmax", "percentile"), default="minmax")
     q.add_argument("--mnist-dir", type=Path, default=None)
     for p in (r, q):
-        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        p.add_argument("--debug", dest="debug_here", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     def command():
@@ -108,7 +108,7 @@ def main(argv=None):
                      bus_bytes=args.bus_bytes)
         return 0 if report["mismatches"] == 0 else 1
 
-    return guarded(f"python -m sw.mnist_app {args.command}", command, debug=args.debug)
+    return guarded(f"python -m sw.mnist_app {args.command}", command, debug=args.debug or args.debug_here)
 
 
 if __name__ == "__main__":
