@@ -100,7 +100,7 @@ def run_model(model, *, data=None, labels=None, split=None, random=None, seed=0,
         model.check_reference()
     x, y, source, is_mnist = _inputs(model, data, labels, split, random, seed, n)
     n = len(x)
-    noun = "test images" if is_mnist else "inputs"
+    noun = ("test images" if split in (None, "test") else "training images") if is_mnist else "inputs"
     title = title or ("MNIST" if is_mnist and model.name.startswith("mnist") else model.name)
     start = time.perf_counter()
     float_logits = model.float_logits(x) if y is not None else None
