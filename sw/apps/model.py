@@ -140,15 +140,12 @@ def _open_npz(path: Path, float_path):
     try:
         qnet = load_quantized(path)
     except ModelFileError as exc:
-        if "looks like" in exc.problem or "systolic8-float" in exc.problem or (
-                exc.field == "__metadata__" and "missing" in exc.problem):
-            try:
-                load_float(path)
-            except ModelFileError:
-                raise exc from None
-            raise CliError(f"{path}: is a float model; the accelerator runs int8 models: "
-                           f"systolic8 quantize {path} --data DATA --out MODEL_int8.npz") from None
-        raise
+        try:                    # a valid float model where the int8 one belongs?
+            load_float(path)
+        except ModelFileError:
+            raise exc from None
+        raise CliError(f"{path}: is a float model; the accelerator runs int8 models: "
+                       f"systolic8 quantize {path} --data DATA --out MODEL_int8.npz") from None
     float_model = None
     if float_path is not None:
         float_model = load_float(float_path)
