@@ -32,7 +32,7 @@ help:
 	@echo "make setup    create .venv and install everything (iverilog via apt when root)"
 	@echo "make test     the whole suite: unit, golden, Amaranth-sim and cocotb on Icarus + Verilator"
 	@echo "make sim      the cocotb suite on both simulators, with a per-simulator summary"
-	@echo "make train    train the reference MNIST CNN (PyTorch, CPU, seeded) into models/mnist_float.npz"
+	@echo "make train    train the reference MNIST CNN (PyTorch, CPU, seeded) and quantize it into build/models/ (MODEL_DIR=, FORCE=1 to replace models/)"
 	@echo "make mnist    MNIST test images through the RTL (BACKEND=verilator|icarus|golden|cpu|gpu|model, N=, ROWS=, COLS=, BUS_BYTES=, WORKERS=)"
 	@echo "make bench    simulator speeds (Verilator harness, cocotb+Verilator/Icarus, Amaranth), MNIST images/s, per-layer cycles vs SCALE-Sim and the cycle model (ROWS=, COLS=, BUS_BYTES=, IMAGES=, WORKERS=, QUICK=1)"
 	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
@@ -64,12 +64,14 @@ DESIGN ?= accelerator
 verilog: $(STAMP)
 	$(PY) -m hw.generate --design $(DESIGN) --rows $(ROWS) --cols $(COLS) --acc-depth $(ACC_DEPTH) --out build
 
+# make train writes build/models/; MODEL_DIR=models FORCE=1 replaces the shipped models.
+MODEL_DIR ?= build/models
 train: $(STAMP)
-	$(PY) -m sw.train --epochs 8 --out models/mnist_float.npz
-	$(PY) -m sw.mnist_app quantize --float models/mnist_float.npz --out models/mnist_int8.npz
+	$(PY) -m sw.apps.cli train --network mnist_cnn --data mnist --epochs 8 --out $(MODEL_DIR)/mnist_float.npz $(if $(FORCE),--force)
+	$(PY) -m sw.apps.cli quantize $(MODEL_DIR)/mnist_float.npz --data mnist --out $(MODEL_DIR)/mnist_int8.npz $(if $(FORCE),--force)
 
 mnist: $(STAMP)
-	$(PY) -m sw.mnist_app run --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH) $(if $(WORKERS),--workers $(WORKERS)) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES))
+	$(PY) -m sw.apps.cli run models/mnist_int8.npz --float-model models/mnist_float.npz --data mnist --report build/reports/mnist.json --backend $(BACKEND) --n $(N) --rows $(ROWS) --cols $(COLS) --batch $(BATCH) $(if $(WORKERS),--workers $(WORKERS)) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES))
 
 bench: $(STAMP)
 	$(PY) -m sim.bench --rows $(ROWS) --cols $(COLS) $(if $(BUS_BYTES),--bus-bytes $(BUS_BYTES)) $(if $(IMAGES),--images $(IMAGES)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(QUICK),--quick)

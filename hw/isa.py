@@ -18,7 +18,7 @@ from enum import IntEnum
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "FIELDS",
     "Load", "Matmul", "Store", "Sync", "Halt", "IllegalInstruction", "AssemblyError",
-    "encode", "decode", "to_bytes", "from_bytes", "assemble", "disassemble", "HardwareConfig", "param_entry_bytes",
+    "encode", "decode", "to_bytes", "from_bytes", "assemble", "disassemble", "operands", "HardwareConfig", "param_entry_bytes",
 ]
 
 INSTRUCTION_BITS = 128
@@ -273,8 +273,23 @@ def disassemble(program, *, with_index=True) -> str:
     return "\n".join(lines)
 
 
-def assemble(text: str) -> list:
-    """Parse assembly text (as written by :func:`disassemble`, index prefixes optional) into instructions."""
+def operands(cls) -> tuple[str, ...]:
+    """The operand fields of an instruction class, in encoding order: every field that is not a flag."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in FLAG_NAMES and f.name not in _FLAG_WORDS)
+
+
+def assemble(text: str, *, defaults: bool = False) -> list:
+    """Parse assembly text (as written by :func:`disassemble`, index prefixes optional) into instructions.
+
+    Every instruction names each of its operands once (``LOAD buffer= buf_addr= y_size= x_size= stride=
+    dram_addr=``, ``MATMUL act_addr= wgt_addr= acc_addr= count= k_rows=``, ``STORE acc_addr= count= param_addr=
+    n_cols= stride= dram_addr=``, ``SYNC unit=``); the flags (``accumulate``, ``raw``, token flags) are optional. A
+    missing or repeated operand is an :class:`AssemblyError` naming the line, like any other mistake.
+
+    ``defaults=True`` accepts the terse form instead, where an omitted operand takes its instruction class's
+    default (0 for addresses and strides, 1 for sizes and counts, ``ACT``, ``COMPUTE``), as the constructors
+    ``Load(...)``, ``Matmul(...)`` do; the tests' short programs use it.
+    """
     by_name = {v: k for k, v in _MNEMONIC.items()}
     program = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -294,6 +309,8 @@ def assemble(text: str) -> list:
                 key, value = word.split("=", 1)
                 if key not in known:
                     raise AssemblyError(f"line {lineno}: {mnemonic} has no field {key!r}")
+                if key in values:
+                    raise AssemblyError(f"line {lineno}: {mnemonic} gives {key} twice")
                 if key == "buffer":
                     try:
                         values[key] = Buffer[value.upper()] if not value.isdigit() else Buffer(int(value))
@@ -318,6 +335,11 @@ def assemble(text: str) -> list:
             encode(instr)
         except IllegalInstruction as exc:
             raise AssemblyError(f"line {lineno}: {exc}") from None
+        missing = [name for name in operands(cls) if name not in values]
+        if missing and not defaults:
+            raise AssemblyError(f"line {lineno}: {mnemonic} is missing operand{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(missing)}; write every operand: {mnemonic} "
+                                + " ".join(f"{name}=" for name in operands(cls)))
         program.append(instr)
     return program
 

@@ -57,6 +57,9 @@ _MAGIC_LABELS = 0x00000801  # uint8 data, 1 dimension
 _GZIP_MAGIC = b"\x1f\x8b"
 _FETCH_HINT = ("set MNIST_DIR to a folder holding the four MNIST files (developers and CI: ../shared/data/mnist "
                "relative to the repository), or re-fetch them")
+#: The fix for the test split embedded in the package, which MNIST_DIR does not replace.
+_EMBEDDED_HINT = ("this is the MNIST test set shipped inside the package (sw/data/mnist/), which MNIST_DIR does not "
+                  "replace: restore it with `git checkout sw/data/mnist` or reinstall the package")
 
 
 class MnistError(ValueError):
@@ -68,47 +71,47 @@ def _canonical_name(path: Path) -> str:
     return name[:-3] if name.endswith(".gz") else name
 
 
-def _decompress(path: Path, raw: bytes) -> bytes:
+def _decompress(path: Path, raw: bytes, hint: str = _FETCH_HINT) -> bytes:
     if not (path.name.endswith(".gz") or raw[:2] == _GZIP_MAGIC):
         return raw
     if raw[:2] != _GZIP_MAGIC:
         raise MnistError(f"{path}: not a gzip file (it is named .gz but does not start with the gzip magic 1f 8b); "
-                         f"the file is corrupt: {_FETCH_HINT}")
+                         f"the file is corrupt: {hint}")
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut-off stream is an EOFError
-        raise MnistError(f"{path}: corrupt gzip data ({exc}); {_FETCH_HINT}") from None
+        raise MnistError(f"{path}: corrupt gzip data ({exc}); {hint}") from None
 
 
-def _parse_idx(path: Path, data: bytes) -> np.ndarray:
+def _parse_idx(path: Path, data: bytes, hint: str = _FETCH_HINT) -> np.ndarray:
     if len(data) < 4:
-        raise MnistError(f"{path}: truncated IDX file ({len(data)} bytes, shorter than its 4-byte magic); {_FETCH_HINT}")
+        raise MnistError(f"{path}: truncated IDX file ({len(data)} bytes, shorter than its 4-byte magic); {hint}")
     magic = int.from_bytes(data[:4], "big")
     if magic not in (_MAGIC_IMAGES, _MAGIC_LABELS):
         raise MnistError(f"{path}: bad IDX magic 0x{magic:08x}; expected 0x{_MAGIC_IMAGES:08x} (uint8 images) or "
-                         f"0x{_MAGIC_LABELS:08x} (uint8 labels). Not an MNIST file: {_FETCH_HINT}")
+                         f"0x{_MAGIC_LABELS:08x} (uint8 labels). Not an MNIST file: {hint}")
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
         raise MnistError(f"{path}: truncated IDX header ({len(data)} bytes, {header} needed for {ndim} dimensions); "
-                         f"{_FETCH_HINT}")
+                         f"{hint}")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if magic == _MAGIC_IMAGES and dims[1:] != (28, 28):
         raise MnistError(f"{path}: images must be N x 28 x 28, the file says {' x '.join(map(str, dims))}; "
-                         f"{_FETCH_HINT}")
+                         f"{hint}")
     size = 1
     for d in dims:
         size *= d
     body = len(data) - header
     if body < size:
-        raise MnistError(f"{path}: truncated IDX data ({body} bytes, {size} expected for shape {dims}); {_FETCH_HINT}")
+        raise MnistError(f"{path}: truncated IDX data ({body} bytes, {size} expected for shape {dims}); {hint}")
     if body > size:
         raise MnistError(f"{path}: {body - size} trailing bytes after the {size} data bytes of shape {dims}; "
-                         f"the file is corrupt: {_FETCH_HINT}")
+                         f"the file is corrupt: {hint}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
-def read_idx(path, *, verify: bool = True) -> np.ndarray:
+def read_idx(path, *, verify: bool = True, hint: str | None = None) -> np.ndarray:
     """Read a uint8 IDX file (raw or gzip-compressed) into an array.
 
     Parameters
@@ -118,6 +121,9 @@ def read_idx(path, *, verify: bool = True) -> np.ndarray:
     verify : bool
         Check the SHA-256 of the uncompressed bytes when the file carries one of the four canonical names
         (:data:`SHA256`); files with other names are only checked for structure.
+    hint : str, optional
+        The fix the error messages give (default: set ``MNIST_DIR`` or re-fetch the files); the package's embedded
+        test set says how to restore it instead, since ``MNIST_DIR`` does not apply to it.
 
     Returns
     -------
@@ -131,20 +137,22 @@ def read_idx(path, *, verify: bool = True) -> np.ndarray:
         trailing bytes, or a hash that is not the canonical one. The message names the file and how to fix it.
     """
     path = Path(path)
+    hint = _FETCH_HINT if hint is None else hint
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise MnistError(f"{path}: no such file; {_FETCH_HINT}") from None
+        raise MnistError(f"{path}: no such file; {hint}") from None
     except OSError as exc:
-        raise MnistError(f"{path}: cannot be read ({exc.strerror or exc}); {_FETCH_HINT}") from None
-    data = _decompress(path, raw)
-    array = _parse_idx(path, data)
+        raise MnistError(f"{path}: cannot be read ({exc.strerror or exc}); {hint}") from None
+    data = _decompress(path, raw, hint)
+    array = _parse_idx(path, data, hint)
     name = _canonical_name(path)
     if verify and name in SHA256:
         digest = hashlib.sha256(data).hexdigest()
         if digest != SHA256[name]:
             raise MnistError(f"{path}: SHA-256 of the uncompressed data is {digest}, not the canonical {SHA256[name]} "
-                             f"of {name}; the file is altered or from another data set: delete it and {_FETCH_HINT}")
+                             f"of {name}; the file is altered or from another data set: "
+                             + (f"delete it and {hint}" if hint is _FETCH_HINT else hint))
     return array
 
 
@@ -170,17 +178,18 @@ def _find(directory: Path, name: str) -> Path:
     raise MnistError(f"{directory}: neither {name}.gz nor {name} is there; {_FETCH_HINT}")
 
 
-def _read_split(split: str, images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+def _read_split(split: str, images_path: Path, labels_path: Path,
+                hint: str = _FETCH_HINT) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(images_path, hint=hint)
+    labels = read_idx(labels_path, hint=hint)
     if images.ndim != 3 or labels.ndim != 1:
         raise MnistError(f"{images_path} / {labels_path}: expected an images file and a labels file for the "
-                         f"{split!r} split, got shapes {images.shape} and {labels.shape}; {_FETCH_HINT}")
+                         f"{split!r} split, got shapes {images.shape} and {labels.shape}; {hint}")
     if len(images) != len(labels):
         raise MnistError(f"{images_path} / {labels_path}: {len(images)} images but {len(labels)} labels; "
-                         f"{_FETCH_HINT}")
+                         f"{hint}")
     if labels.size and labels.max() > 9:
-        raise MnistError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9; {_FETCH_HINT}")
+        raise MnistError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9; {hint}")
     return images, labels
 
 
@@ -258,7 +267,7 @@ def load_mnist(split: str, *, directory=None, mirror: str | None = None) -> tupl
     images_name, labels_name = FILES[split]
     if directory is None:
         if split == "test":
-            return _read_split(split, _embedded(images_name), _embedded(labels_name))
+            return _read_split(split, _embedded(images_name), _embedded(labels_name), _EMBEDDED_HINT)
         env = os.environ.get("MNIST_DIR")
         if env:
             directory = Path(env)

@@ -13,6 +13,7 @@ Quantized file (:func:`save_quantized` / :func:`load_quantized`):
         {"format": "systolic8-int8-1",
          "network": <Network.to_json()>,
          "input": {"scale": float, "zero_point": int},
+         "float_model": {"sha256": <sw.quantize.float_digest of the float model>},   (optional)
          "layers": [{"name", "kind", "input_shape", "output_shape", "input_scale", "input_zero_point",
                      "output_scale", "output_zero_point", "act_min", "act_max"}, ...]}
 
@@ -35,10 +36,10 @@ import numpy as np
 
 from sim.arith import MAX_SHIFT, MIN_SHIFT
 from sw.network import Conv2D, Dense, Network, NetworkError
-from sw.quantize import QuantizedLayer, QuantizedNetwork
+from sw.quantize import QuantizedLayer, QuantizedNetwork, float_digest
 
 __all__ = ["FLOAT_FORMAT", "INT8_FORMAT", "ModelFileError", "save_float", "load_float", "save_quantized",
-           "load_quantized", "validate_quantized"]
+           "load_quantized", "validate_quantized", "check_pair"]
 
 FLOAT_FORMAT = "systolic8-float-1"
 INT8_FORMAT = "systolic8-int8-1"
@@ -114,7 +115,8 @@ def _read_npz(path) -> dict[str, np.ndarray]:
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
             where = "file" if key is None else f"array {key!r}"
             raise ModelFileError(path, where, f"is truncated or corrupt ({type(exc).__name__}: {exc})",
-                                 "re-export or re-download the model file") from None
+                                 "re-export the model (systolic8 train / quantize), or restore a shipped one "
+                                 "with `git checkout models/`") from None
     return arrays
 
 
@@ -375,6 +377,8 @@ def save_quantized(path, qnet: QuantizedNetwork) -> None:
     meta = {"format": INT8_FORMAT, "network": network.to_json(),
             "input": {"scale": float(qnet.input_scale), "zero_point": int(qnet.input_zero_point)},
             "layers": layers_meta}
+    if qnet.float_digest is not None:
+        meta["float_model"] = {"sha256": str(qnet.float_digest)}
     arrays[_METADATA_KEY] = np.array(json.dumps(meta))
     _write_npz(path, arrays)
 
@@ -393,6 +397,26 @@ def _get(path, obj, key, field, kind):
         raise ModelFileError(path, f"{field}.{key}", f"must be a JSON {kind}, not {value!r}",
                              "re-write the file with sw.model_io.save_quantized")
     return value
+
+
+def check_pair(float_path, qnet: QuantizedNetwork, int8_path="<int8 model>", *, float_model=None) -> None:
+    """Raise :class:`ModelFileError` unless ``qnet`` was quantized from the float model at ``float_path``.
+
+    The int8 file records :func:`sw.quantize.float_digest` of its float model; a file without that record, or
+    with another digest, is not paired with ``float_path``. ``float_model`` = ``(network, params)`` already loaded
+    from ``float_path`` saves reading it again.
+    """
+    network, params = float_model if float_model is not None else load_float(float_path)
+    if qnet.float_digest is None:
+        raise ModelFileError(int8_path, "float_model", f"records no float model, so it cannot be paired with "
+                             f"{float_path}", "re-quantize the float model (systolic8 quantize FLOAT --out INT8), "
+                             "which records it")
+    digest = float_digest(network, params)
+    if digest != qnet.float_digest:
+        raise ModelFileError(int8_path, "float_model", f"was quantized from another float model than {float_path} "
+                             f"(recorded digest {qnet.float_digest[:12]}..., that file's {digest[:12]}...)",
+                             "pass the float model it was quantized from, or re-quantize this one "
+                             "(systolic8 quantize)")
 
 
 def load_quantized(path) -> QuantizedNetwork:
@@ -465,7 +489,14 @@ def load_quantized(path) -> QuantizedNetwork:
             input_scale=float(values["input_scale"]), input_zero_point=values["input_zero_point"],
             output_scale=float(values["output_scale"]), output_zero_point=values["output_zero_point"],
             act_min=values["act_min"], act_max=values["act_max"], **weights))
-    qnet = QuantizedNetwork(network=network, layers=tuple(qlayers), input_scale=in_scale, input_zero_point=in_zp)
+    digest = None
+    if "float_model" in meta:
+        digest = _get(path, _get(path, meta, "float_model", _METADATA_KEY, "dict"), "sha256", "float_model", "str")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ModelFileError(path, "float_model.sha256", f"is not a SHA-256 hex digest: {digest!r}",
+                                 "re-quantize the float model (systolic8 quantize)")
+    qnet = QuantizedNetwork(network=network, layers=tuple(qlayers), input_scale=in_scale, input_zero_point=in_zp,
+                            float_digest=digest)
     validate_quantized(qnet, path)
     qnet.input_scale = float(qnet.input_scale)
     return qnet

@@ -16,6 +16,7 @@ Rounding of real values to integers (weights, bias, inputs) is to nearest with h
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from sw.network import Conv2D, Dense, Network
 from sw.reference import as_image_batch, check_params, dequantize_logits, float_forward, images_to_float
 
 __all__ = ["QuantizationError", "QuantizedLayer", "QuantizedNetwork", "calibrate", "activation_params",
-           "quantize", "round_half_away"]
+           "quantize", "round_half_away", "float_digest"]
 
 #: Below this real multiplier quantize_multiplier cannot encode a channel (its shift would pass -31); the weights'
 #: whole contribution is then under one output LSB and the channel is quantized as all-zero weights.
@@ -105,6 +106,8 @@ class QuantizedNetwork:
     layers: tuple
     input_scale: float
     input_zero_point: int
+    #: :func:`float_digest` of the float model this network was quantized from (None: not recorded)
+    float_digest: str | None = None
 
     def __post_init__(self):
         self.layers = tuple(self.layers)
@@ -223,6 +226,20 @@ def _quantize_weights(layer, weight, bias, s_in, s_out):
     return (q.reshape(weight.shape).astype(np.int8), q_bias.astype(np.int32), w_scale, m0, shift)
 
 
+def float_digest(network: Network, params) -> str:
+    """SHA-256 (hex) of a float model's content: its network description and every parameter's name, dtype, shape
+    and bytes, in name order. It pairs an int8 model with the float model it came from (the int8 file records it);
+    it does not depend on how or when the float file was written."""
+    h = hashlib.sha256()
+    h.update(b"systolic8-float-digest-1\0")
+    h.update(network.dumps().encode())
+    for key in sorted(params):
+        value = np.ascontiguousarray(np.asarray(params[key], dtype=np.float32))
+        h.update(f"\0{key}\0{value.dtype.str}\0{value.shape}\0".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
 def quantize(network: Network, params, sample_images, *, method="minmax", percentile=99.99, ranges=None,
              batch_size=None) -> QuantizedNetwork:
     """Quantize a float network with activation ranges calibrated on ``sample_images``.
@@ -257,4 +274,5 @@ def quantize(network: Network, params, sample_images, *, method="minmax", percen
         else:
             qlayers.append(QuantizedLayer(name=layer.name, kind=layer.kind, input_scale=s_in, input_zero_point=z_in,
                                           output_scale=s_in, output_zero_point=z_in))
-    return QuantizedNetwork(network=network, layers=tuple(qlayers), input_scale=in_scale, input_zero_point=in_zp)
+    return QuantizedNetwork(network=network, layers=tuple(qlayers), input_scale=in_scale, input_zero_point=in_zp,
+                            float_digest=float_digest(network, params))

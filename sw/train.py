@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m sw.train --epochs 8 --out models/mnist_float.npz [--subset K] [--seed 0]
+    python -m sw.train --epochs 8 --out build/models/mnist_float.npz [--subset K] [--seed 0]
 
 The torch model is built from a :class:`sw.network.Network` and follows its conventions exactly: it takes NHWC float
 input (:func:`sw.mnist.images_to_float`), and a Flatten permutes the activation to NHWC before flattening, so the
@@ -269,7 +269,9 @@ def _check_export(path, model: TorchNetwork, images: np.ndarray) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sw.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=float, default=8, help="passes over the training set (default 8)")
-    parser.add_argument("--out", type=Path, default=Path("models/mnist_float.npz"), help="the .npz to write")
+    parser.add_argument("--out", type=Path, default=Path("build/models/mnist_float.npz"),
+                        help="the .npz to write (default build/models/mnist_float.npz)")
+    parser.add_argument("--force", action="store_true", help="allow replacing a shipped model in models/")
     parser.add_argument("--subset", type=int, default=None, metavar="K", help="train on the first K images only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -279,10 +281,17 @@ def main(argv=None) -> int:
     parser.add_argument("--dropout", type=float, default=0.25, help="dropout before Dense layers (default 0.25)")
     parser.add_argument("--mnist-dir", type=Path, default=None,
                         help="folder with the MNIST files (default: $MNIST_DIR, else the download cache)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (default: one line)")
     args = parser.parse_args(argv)
     if args.subset is not None and args.subset <= 0:
         parser.error(f"--subset must be a positive integer, not {args.subset}")
+    from .apps.cli import guarded
+    return guarded("python -m sw.train", lambda: _main(args), debug=args.debug)
 
+
+def _main(args) -> int:
+    from .apps.options import check_output
+    check_output(args.out, force=args.force)
     total = time.perf_counter()
     train_images, train_labels = load_mnist("train", directory=args.mnist_dir)
     if args.subset is not None:

@@ -169,10 +169,22 @@ def test_encode_rejects(instr, match):
     ("LOAD buf_addr=65536", r"line 1: .*buf_addr = 65536 does not fit in 16 bits"),
     ("MATMUL wobble", r"line 1: MATMUL has no flag 'wobble'"),
     ("LOAD buffer=3", r"line 1: unknown buffer '3'"),
+    # issue 17: a missing operand is an error, not a silent 0 or 1
+    ("LOAD buffer=ACT y_size=1", r"line 1: LOAD is missing operands buf_addr, x_size, stride, dram_addr; write every "
+                                 r"operand: LOAD buffer= buf_addr= y_size= x_size= stride= dram_addr=$"),
+    ("HALT\nSYNC push_next", r"line 2: SYNC is missing operand unit;"),
+    ("MATMUL act_addr=0 wgt_addr=0 acc_addr=0 count=2 k_rows=4 count=3", r"line 1: MATMUL gives count twice"),
+    ("STORE acc_addr=0 count=1 param_addr=0 n_cols=1 dram_addr=0x40 raw", r"line 1: STORE is missing operand stride;"),
 ])
 def test_assembler_errors_name_the_line(text, match):
     with pytest.raises(AssemblyError, match=match):
         assemble(text)
+
+
+def test_assembler_terse_form_only_with_defaults():
+    assert assemble("MATMUL count=2 k_rows=3", defaults=True) == [Matmul(count=2, k_rows=3)]
+    with pytest.raises(AssemblyError, match=r"MATMUL is missing operands act_addr, wgt_addr, acc_addr"):
+        assemble("MATMUL count=2 k_rows=3")
 
 
 def test_assembler_accepts_comments_indices_hex_and_names():
@@ -183,7 +195,7 @@ def test_assembler_accepts_comments_indices_hex_and_names():
         store count=1 n_cols=1 raw pop_prev
         SYNC unit=2 push_prev
         halt
-    """)
+    """, defaults=True)
     assert program == [
         Load(buffer=Buffer.WGT, buf_addr=16, y_size=2, x_size=3, stride=32, dram_addr=0x1234, push_next=True),
         Matmul(act_addr=1, count=2, k_rows=3, accumulate=True, pop_prev=True, push_next=True),

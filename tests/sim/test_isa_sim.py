@@ -483,7 +483,7 @@ def test_trace_lists_each_instruction_with_its_effect():
         STORE count=2 n_cols=3 stride=3 dram_addr=0x400 pop_prev
         SYNC unit=LOAD
         MATMUL count=0
-    """)
+    """, defaults=True)
     result, _ = run(program, trace=True)
     assert result.error == ErrorCode.OUT_OF_RANGE and result.error_index == 4
     lines = result.trace
@@ -557,7 +557,7 @@ def test_config_errors():
 # ---- Race checking ----------------------------------------------------------------------------------------------
 
 def hazards_of(text, dram=None):
-    result, _ = run(assemble(text), dram, check_races=True)
+    result, _ = run(assemble(text, defaults=True), dram, check_races=True)
     assert result.ok, result.summary()
     return result.hazards
 
@@ -627,7 +627,7 @@ def interleaved_images(text, seeds):
         dram = np.zeros(SIZE, np.uint8)
         dram[0x100:0x108] = [1, 2, 3, 4, 5, 6, 7, 8]
         dram[0x300:0x300 + ENTRY] = identity_param()
-        program = [load_matrix(dram, Buffer.WGT, 0, np.ones((4, 3)), 0x200)] + assemble(text)
+        program = [load_matrix(dram, Buffer.WGT, 0, np.ones((4, 3)), 0x200)] + assemble(text, defaults=True)
         result, dram = run(program, dram, interleave=np.random.default_rng(seed), trace=True)
         assert result.ok and len(result.trace) == len(program), result.summary()
         assert result.trace[-1].endswith("HALT")
