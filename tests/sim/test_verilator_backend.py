@@ -2,6 +2,7 @@
 to the golden ISA simulator byte for byte - random GEMM programs, memory latencies, back-pressure and bus errors -
 builds are cached, and the watchdog and bad input give clear errors."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -190,9 +191,9 @@ def test_missing_verilator_says_how_to_install(generated, monkeypatch, tmp_path)
 
 
 def test_build_failure_names_the_log(generated, monkeypatch, tmp_path):
-    monkeypatch.setattr(vb, "VERILATOR_FLAGS", (*vb.VERILATOR_FLAGS, "--no-such-verilator-option"))
+    bad = dataclasses.replace(vb.FAST, verilator_flags=(*vb.FAST.verilator_flags, "--no-such-verilator-option"))
     with pytest.raises(VerilatorBuildError, match=r"failed .*full log: .*build\.log") as info:
-        VerilatorAccelerator(CONFIG, build_dir=tmp_path)
+        VerilatorAccelerator(CONFIG, build_dir=tmp_path, options=bad)
     assert "no-such-verilator-option" in str(info.value)
 
 
