@@ -84,3 +84,9 @@ scaling: $(STAMP)
 
 clean:
 	rm -rf build sim_build .pytest_cache
+
+# VERILATOR_BUILD=baseline: `make mnist` (and everything else using the Verilator backend) on the harness as built
+# before the speed work (sim/verilator_backend.py BASELINE; `make bench` measures both in every run).
+ifdef VERILATOR_BUILD
+export SYSTOLIC8_VERILATOR_BUILD := $(VERILATOR_BUILD)
+endif

@@ -150,6 +150,21 @@ def main(argv=None):
     parser.add_argument("--out", default="build")
     parser.add_argument("--force", action="store_true", help="regenerate even if the cached output is current")
     args = parser.parse_args(argv)
+    # Elaboration grows with the array (8x8: seconds; 64x64: minutes): say what runs, then every 30 s that it does.
+    import threading
+    import time
+    start, done = time.monotonic(), threading.Event()
+
+    def heartbeat():
+        if done.wait(2.0):
+            return
+        print(f"generating the {args.rows}x{args.cols} {args.design}'s Verilog (large arrays take minutes) ...",
+              file=sys.stderr, flush=True)
+        while not done.wait(30.0):
+            print(f"  ... still elaborating ({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
     try:
         if args.design == "engine":
             paths = generate_engine(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth, out_dir=args.out,
@@ -160,8 +175,13 @@ def main(argv=None):
     except (TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        done.set()
+        beat.join()
     for path in paths:
         print(f"wrote {path}")
+    if time.monotonic() - start > 2.0:
+        print(f"  ({time.monotonic() - start:.0f} s)")
     return 0
 
 

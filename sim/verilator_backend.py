@@ -59,7 +59,7 @@ from .isa_sim import parse_bus_errors
 
 __all__ = ["VerilatorAccelerator", "VerilatorRunResult", "VerilatorBuildError", "SimulationTimeout",
            "AxiProtocolError", "HarnessBuild", "build_harness", "wrapper_verilog", "COUNTERS", "CONFIG_REGISTERS",
-           "BuildOptions", "BASELINE", "FAST", "OPTIONS", "VERILATOR_FLAGS", "MAKE_FLAGS", "CXX_FLAGS"]
+           "BuildOptions", "BASELINE", "FAST", "OPTIONS", "OPTIONS_ENV", "default_options", "VERILATOR_FLAGS", "MAKE_FLAGS", "CXX_FLAGS"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_DIR = Path(__file__).resolve().parent / "harness"
@@ -160,6 +160,19 @@ FAST = BuildOptions("fast", verilator_flags=tuple(f for f in VERILATOR_FLAGS if 
                     pgo=True)
 #: The options by name (``make bench`` and ``make mnist`` take them as VERILATOR_BUILD=).
 OPTIONS = {o.name: o for o in (FAST, BASELINE)}
+#: Environment variable naming the default options (one of :data:`OPTIONS`; unset: :data:`FAST`), so a caller that
+#: constructs the backend without ``options=`` (``sw.driver``) can be pointed at the baseline.
+OPTIONS_ENV = "SYSTOLIC8_VERILATOR_BUILD"
+
+
+def default_options() -> "BuildOptions":
+    """:data:`FAST`, or the options ``$SYSTOLIC8_VERILATOR_BUILD`` names."""
+    name = os.environ.get(OPTIONS_ENV, "").strip()
+    if not name:
+        return FAST
+    if name not in OPTIONS:
+        raise ValueError(f"{OPTIONS_ENV}={name!r} names no Verilator build; choose one of {', '.join(OPTIONS)}")
+    return OPTIONS[name]
 _TRAINING_VERSION = 1   # bump when _train changes what it runs
 
 _ABI_VERSION = 1
@@ -418,14 +431,15 @@ def last_comparable(build_dir: Path, slug: str, options: "BuildOptions", what: s
 
     Comparable: the same configuration and options; else the same options on any configuration (named)."""
     history = _history(build_dir)
+    noun = {"build_s": "build", "generate_s": "generation"}[what]
     exact = history.get(f"{slug}|{options.name}", {}).get(what)
     if exact is not None:
-        return f"the last build of this configuration took {exact:.0f} s"
-    others = [(k.split("|")[0], v[what]) for k, v in history.items()
+        return f"the last {noun} of this configuration took {exact:.0f} s"
+    others = [(v.get("when", ""), k.split("|")[0], v[what]) for k, v in history.items()
               if k.endswith(f"|{options.name}") and what in v]
     if others:
-        config, seconds = others[-1]
-        return f"the last {options.name} build took {seconds:.0f} s ({config})"
+        _, config, seconds = max(others)
+        return f"the last {options.name} {noun} took {seconds:.0f} s ({config})"
     typical = {"build_s": "20-60 s for 8x8 on two cores" + (", about twice that with PGO" if options.pgo else ""),
                "generate_s": "a few seconds for 8x8, minutes for 32x32 and larger"}
     return f"no earlier build recorded here; typically {typical[what]}"
@@ -461,7 +475,7 @@ def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None
     """
     import hw.generate
 
-    options = options or FAST
+    options = options or default_options()
     if not isinstance(options, BuildOptions):
         raise TypeError(f"options must be a BuildOptions (e.g. sim.verilator_backend.FAST), not "
                         f"{type(options).__name__}")
@@ -641,7 +655,8 @@ class VerilatorAccelerator:
     build_dir : path, optional
         Where generated Verilog and builds are cached (default ``build/verilator`` in the repository).
     options : BuildOptions, optional
-        How the model is built (default :data:`FAST`; :data:`BASELINE` is the harness before the speed work).
+        How the model is built (default :func:`default_options`: :data:`FAST` unless ``$SYSTOLIC8_VERILATOR_BUILD``
+        names another; :data:`BASELINE` is the harness before the speed work).
     log : callable, optional
         ``log(text)`` gets the progress lines of a build that has to run (default: stderr; None: silent).
 
