@@ -529,9 +529,10 @@ def run_bench(*, rows=8, cols=8, bus_bytes=8, images=256, batch=32, workers=None
     if out:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        report["plot"] = str(out.with_suffix(".png")) if plot else None
         out.write_text(json.dumps(report, indent=2) + "\n")
         if plot:
-            report["plot"] = str(plot_report(report, out.with_suffix(".png")))
+            plot_report(report, out.with_suffix(".png"))
     return report
 
 
