@@ -299,7 +299,7 @@ def test_options_validation_and_environment(monkeypatch):
     assert vb.default_options() is vb.BASELINE
     monkeypatch.setenv(vb.OPTIONS_ENV, "turbo")
     with pytest.raises(ValueError, match=r"SYSTOLIC8_VERILATOR_BUILD='turbo' names no Verilator build; "
-                                         r"choose one of fast, baseline"):
+                                         r"choose one of fast, nopgo, baseline"):
         vb.default_options()
     with pytest.raises(TypeError, match="options must be a BuildOptions"):
         vb.build_harness(CONFIG, options="fast")
