@@ -336,3 +336,12 @@ def test_last_comparable_build(tmp_path):
     assert vb.last_comparable(tmp_path, "8x8", vb.FAST, "generate_s") == \
         "the last generation of this configuration took 6 s"
     assert "no earlier" in vb.last_comparable(tmp_path, "8x8", vb.BASELINE, "build_s")
+
+
+def test_prune_keeps_each_options_builds(tmp_path):
+    """`make bench` loads the FAST and the BASELINE build of one configuration: pruning one never evicts the other."""
+    for i, name in enumerate(["8x8-baseline-a", "8x8-fast-a", "8x8-fast-b", "8x8-fast-c", "8x8-fast-d"]):
+        (tmp_path / name).mkdir()
+        vb.os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    vb._prune(tmp_path, "8x8-fast", keep=tmp_path / "8x8-fast-d", kept=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["8x8-baseline-a", "8x8-fast-b", "8x8-fast-c", "8x8-fast-d"]
