@@ -104,3 +104,9 @@ tiny-check: $(STAMP)
 SEEDS ?= 10
 onnx-agreement: $(STAMP)
 	$(PY) -m sw.frontends.onnx_testing --seeds $(SEEDS)
+
+# VERILATOR_BUILD=baseline: `make mnist` (and everything else using the Verilator backend) on the harness as built
+# before the speed work (sim/verilator_backend.py BASELINE; `make bench` measures both in every run).
+ifdef VERILATOR_BUILD
+export SYSTOLIC8_VERILATOR_BUILD := $(VERILATOR_BUILD)
+endif

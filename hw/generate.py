@@ -117,15 +117,22 @@ def generate_engine(*, rows=8, cols=8, acc_depth=512, out_dir="build", force=Fal
 
 
 def generate_accelerator(*, rows=8, cols=8, act_depth=2048, wgt_depth=2048, acc_depth=512, param_depth=64,
-                         data_width=64, out_dir="build", force=False) -> tuple[Path, Path]:
-    """Write the whole accelerator's Verilog and a JSON with its parameters, register map and ports."""
+                         data_width=64, dsp_pes=0, out_dir="build", force=False) -> tuple[Path, Path]:
+    """Write the whole accelerator's Verilog and a JSON with its parameters, register map and ports.
+
+    ``dsp_pes`` is :class:`~hw.accelerator.Accelerator`'s (PEs whose product is one multiplier; same results and
+    timing). The file is named ``accelerator_<rows>x<cols>.v``, or ``accelerator_<rows>x<cols>_dsp<n>.v`` with DSP
+    PEs, so the two never overwrite each other in one folder."""
     from .accelerator import Accelerator
     from .isa import ErrorCode
     from .regmap import REGISTERS
 
     params = {"rows": rows, "cols": cols, "act_depth": act_depth, "wgt_depth": wgt_depth, "acc_depth": acc_depth,
               "param_depth": param_depth, "data_width": data_width}
-    return _generate(lambda: Accelerator(**params), toplevel="accelerator", name=f"accelerator_{rows}x{cols}",
+    if dsp_pes:     # only then: the cache keys (and files) of the plain design stay what they were
+        params["dsp_pes"] = dsp_pes
+    name = f"accelerator_{rows}x{cols}" + (f"_dsp{dsp_pes}" if dsp_pes else "")
+    return _generate(lambda: Accelerator(**params), toplevel="accelerator", name=name,
                      params=params, out_dir=out_dir, force=force,
                      describe=lambda top: {
                          "registers": [{"name": r.name.upper(), "offset": r.offset, "access": r.access,
@@ -143,6 +150,21 @@ def main(argv=None):
     parser.add_argument("--out", default="build")
     parser.add_argument("--force", action="store_true", help="regenerate even if the cached output is current")
     args = parser.parse_args(argv)
+    # Elaboration grows with the array (8x8: seconds; 64x64: minutes): say what runs, then every 30 s that it does.
+    import threading
+    import time
+    start, done = time.monotonic(), threading.Event()
+
+    def heartbeat():
+        if done.wait(2.0):
+            return
+        print(f"generating the {args.rows}x{args.cols} {args.design}'s Verilog (large arrays take minutes) ...",
+              file=sys.stderr, flush=True)
+        while not done.wait(30.0):
+            print(f"  ... still elaborating ({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
     try:
         if args.design == "engine":
             paths = generate_engine(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth, out_dir=args.out,
@@ -153,8 +175,13 @@ def main(argv=None):
     except (TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        done.set()
+        beat.join()
     for path in paths:
         print(f"wrote {path}")
+    if time.monotonic() - start > 2.0:
+        print(f"  ({time.monotonic() - start:.0f} s)")
     return 0
 
 

@@ -17,11 +17,20 @@ accesses, some 40 us with Python) per run. The native call releases the GIL: ind
 A run is what a driver does (``docs/isa.md``): reset, IRQ_ENABLE = 1, PROG_ADDR, PROG_LEN, CTRL = 1, clock until
 ``irq`` (or the ``max_cycles`` watchdog), then read STATUS, ERROR_INDEX and every counter register.
 
-Builds are cached under ``build/verilator/<configuration>-<key>/`` where the key hashes the Verilog text, the
-wrapper, the harness sources, the Verilator and make flags and the Verilator version: an unchanged design is loaded
-without running Verilator or make (a build takes 20-45 s on two cores, almost all of it g++). Concurrent builders
-(pytest-xdist workers) serialise on a lock file in the build folder; the four newest builds of a configuration
-are kept.
+How the model is built is a :class:`BuildOptions`: :data:`FAST` (the default) simulates PEs whose product is one
+multiplier (``dsp_pes`` = every PE: the same results and the same cycles as the fabric multiplier the FPGA flow
+builds, ``hw/pe.py``), lets Verilator's DFG optimiser merge the logic and compiles the model with GCC's
+profile-guided optimisation, trained on a GEMM program in a subprocess right after the instrumented build;
+:data:`BASELINE` is the harness as it was before (fabric PEs, ``-fno-dfg``, no PGO), kept buildable so
+``make bench`` measures the speed-up in the same run. docs/simulation.md has the measurements of every option.
+
+Builds are cached under ``build/verilator/<configuration>-<options>-<key>/`` where the key hashes the Verilog text,
+the wrapper, the harness sources, every option, the compiler's and Verilator's versions (and the host CPU where
+``-march=native`` is used): an unchanged design is loaded without running Verilator or make (a build takes 20-45 s
+on two cores, a PGO build about twice that, almost all of it g++). A build that does run says so, with how long the
+last comparable build took (``build/verilator/history.json``); its full output goes to ``build.log`` in its folder.
+Concurrent builders (pytest-xdist workers) serialise on a lock file in the build folder; the four newest builds of
+a configuration are kept.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,7 +59,7 @@ from .isa_sim import parse_bus_errors
 
 __all__ = ["VerilatorAccelerator", "VerilatorRunResult", "VerilatorBuildError", "SimulationTimeout",
            "AxiProtocolError", "HarnessBuild", "build_harness", "wrapper_verilog", "COUNTERS", "CONFIG_REGISTERS",
-           "VERILATOR_FLAGS", "MAKE_FLAGS", "CXX_FLAGS"]
+           "BuildOptions", "BASELINE", "FAST", "NOPGO", "OPTIONS", "OPTIONS_ENV", "default_options", "VERILATOR_FLAGS", "MAKE_FLAGS", "CXX_FLAGS"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_DIR = Path(__file__).resolve().parent / "harness"
@@ -74,13 +84,107 @@ MAKE_FLAGS = ("OPT_FAST=-O3", "OPT_SLOW=-O0", "OPT_GLOBAL=-O2")
 #: root evaluation: +28% and +2..4%. (GCC profile-guided optimisation added 2% more for twice the build time.)
 CXX_FLAGS = ("-fno-tree-slp-vectorize",)
 
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How the Verilated model is built (every field is part of the build's cache key).
+
+    Parameters
+    ----------
+    name : str
+        Short name, part of the build folder's name (``fast``, ``baseline``).
+    verilator_flags, make_flags, cxx_flags : tuple of str
+        Verilator options, make variables of the C++ build (``OPT_FAST=-O3``, ``CXX=clang++``), extra compiler
+        flags. ``-march=native`` in ``cxx_flags`` adds the host CPU to the cache key, so a build is never loaded
+        on another kind of machine.
+    dsp_pes : bool
+        Simulate PEs whose product is one multiplier (``Accelerator(dsp_pes=rows * cols)``) instead of the
+        partial-product fabric multiplier the FPGA flow builds: the same results and the same cycle timing
+        (``hw/pe.py``; ``tests/hw/test_pe.py`` and the cycle-model tests hold both), a third less logic to
+        evaluate each cycle.
+    pgo : bool
+        GCC profile-guided optimisation: build instrumented, run :func:`_train` (a GEMM program, a few seconds)
+        in a subprocess, rebuild with the profile.
+    """
+    name: str
+    verilator_flags: tuple = VERILATOR_FLAGS
+    make_flags: tuple = MAKE_FLAGS
+    cxx_flags: tuple = CXX_FLAGS
+    dsp_pes: bool = False
+    pgo: bool = False
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"BuildOptions name must be a non-empty word (letters, digits, - and _), not "
+                             f"{self.name!r}")
+        for field_name in ("verilator_flags", "make_flags", "cxx_flags"):
+            value = getattr(self, field_name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"BuildOptions.{field_name} must be a tuple of strings, not {value!r}")
+            object.__setattr__(self, field_name, tuple(value))
+
+    @property
+    def native(self) -> bool:
+        return any(flag.startswith(("-march=native", "-mtune=native", "-mcpu=native")) for flag in self.cxx_flags)
+
+    @property
+    def compiler(self) -> str:
+        """The C++ compiler the build uses: ``CXX=`` in ``make_flags``, else ``$CXX``, else g++."""
+        for flag in self.make_flags:
+            if flag.startswith("CXX="):
+                return flag[4:]
+        return os.environ.get("CXX", "g++")
+
+    def describe(self) -> str:
+        parts = ["one-multiplier PEs" if self.dsp_pes else "fabric PEs",
+                 "PGO" if self.pgo else "no PGO", self.compiler]
+        return ", ".join(parts + [f for f in (*self.verilator_flags, *self.cxx_flags)
+                                  if f in ("-fno-dfg", "-march=native")])
+
+    def key_settings(self) -> list[str]:
+        """What besides the sources decides the build: flags, compiler and Verilator versions, the CPU if native."""
+        settings = [self.name, *self.verilator_flags, "|", *self.make_flags, "|", *self.cxx_flags, "|",
+                    f"dsp_pes={self.dsp_pes}", f"pgo={self.pgo}", _verilator_version(), _compiler_version(self.compiler)]
+        if self.pgo:
+            settings.append(f"training={_TRAINING_VERSION}")
+        if self.native:
+            settings.append(_host_cpu())
+        return settings
+
+
+#: The harness before the speed work (fabric PEs, -fno-dfg, no PGO): the reference of `make bench`'s speed-up.
+BASELINE = BuildOptions("baseline")
+#: The default: one-multiplier PEs (1.43x), the DFG optimiser back on (it pays on that design: 1.56x; on the fabric
+#: PEs it cost 9%), PGO (1.26x). Measured in one process, interleaved, best of three: docs/simulation.md.
+FAST = BuildOptions("fast", verilator_flags=tuple(f for f in VERILATOR_FLAGS if f != "-fno-dfg"), dsp_pes=True,
+                    pgo=True)
+#: FAST without PGO: builds in half the time, runs about 20% slower (for suites that build many configurations
+#: and simulate little on each).
+NOPGO = dataclasses.replace(FAST, name="nopgo", pgo=False)
+#: The options by name (``make bench`` and ``make mnist`` take them as VERILATOR_BUILD=).
+OPTIONS = {o.name: o for o in (FAST, NOPGO, BASELINE)}
+#: Environment variable naming the default options (one of :data:`OPTIONS`; unset: :data:`FAST`), so a caller that
+#: constructs the backend without ``options=`` (``sw.driver``) can be pointed at the baseline.
+OPTIONS_ENV = "SYSTOLIC8_VERILATOR_BUILD"
+
+
+def default_options() -> "BuildOptions":
+    """:data:`FAST`, or the options ``$SYSTOLIC8_VERILATOR_BUILD`` names."""
+    name = os.environ.get(OPTIONS_ENV, "").strip()
+    if not name:
+        return FAST
+    if name not in OPTIONS:
+        raise ValueError(f"{OPTIONS_ENV}={name!r} names no Verilator build; choose one of {', '.join(OPTIONS)}")
+    return OPTIONS[name]
+_TRAINING_VERSION = 1   # bump when _train changes what it runs
+
 _ABI_VERSION = 1
 _MESSAGE_BYTES = 512
 _OK, _WATCHDOG, _CSR_FAILURE, _BAD_ARGUMENT = 0, 1, 2, 3
 _BUS_ERROR_KINDS = {"slverr": 2, "decerr": 3}  # AXI RESP codes of the kinds sim.isa_sim.parse_bus_errors accepts
 _LIBRARY = "libs8harness.so"
 _TOP = "s8_top"
-_KEPT_BUILDS = 4    # per configuration
+_KEPT_BUILDS = 3    # per configuration and options
 
 
 class VerilatorBuildError(RuntimeError):
@@ -170,6 +274,31 @@ def _verilator_version() -> str:
         return "unknown"
 
 
+_version_cache: dict = {}
+
+
+def _compiler_version(compiler: str) -> str:
+    """First line of ``compiler --version`` (part of the cache key: a compiler upgrade rebuilds)."""
+    if compiler not in _version_cache:
+        try:
+            out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+            _version_cache[compiler] = out.splitlines()[0] if out else f"{compiler} (no version)"
+        except (OSError, subprocess.SubprocessError):
+            _version_cache[compiler] = f"{compiler} (not found)"
+    return _version_cache[compiler]
+
+
+def _host_cpu() -> str:
+    """The host CPU's model and feature flags: the cache key of a ``-march=native`` build."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+        return f"cpu={platform.machine()}:{platform.processor()}"
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "cpu=" + hashlib.sha256("\n".join(sorted(set(wanted))).encode()).hexdigest()[:16]
+
+
 def _config_defines(bus_bytes: int) -> list[str]:
     counters = ",".join(f"{OFFSETS[name]:#x}" for name in COUNTERS)
     defines = [f"-DS8_BUS_BYTES={bus_bytes}", f"-DS8_REG_COUNTERS={counters}"]
@@ -205,72 +334,179 @@ def wrapper_verilog(ports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _build_command(sources: list[Path], obj_dir: Path, output: Path, bus_bytes: int) -> list[str]:
+#: Compiler and linker flags of the two PGO passes.
+_PGO_GENERATE = ("-fprofile-generate", "-fprofile-update=single")
+_PGO_USE = ("-fprofile-use", "-fprofile-correction", "-Wno-missing-profile")
+
+
+def _build_command(sources: list[Path], obj_dir: Path, output: Path, bus_bytes: int,
+                   options: "BuildOptions | None" = None, profile: tuple = ()) -> list[str]:
+    options = options or FAST
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", "--top-module", _TOP,
-           "--prefix", "Vaccelerator", "-Mdir", str(obj_dir), "-o", str(output), *VERILATOR_FLAGS]
+           "--prefix", "Vaccelerator", "-Mdir", str(obj_dir), "-o", str(output), *options.verilator_flags]
     # Hidden visibility keeps two loaded harnesses (two configurations in one process) from sharing the Verilated
     # runtime's symbols; only the s8_* entry points are exported.
-    for flag in ("-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-gnu-unique", *CXX_FLAGS,
-                 *_config_defines(bus_bytes)):
+    for flag in ("-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-gnu-unique",
+                 *options.cxx_flags, *profile, *_config_defines(bus_bytes)):
         cmd += ["-CFLAGS", flag]
-    for flag in ("-shared", "-Wl,--no-undefined", "-Wl,-Bsymbolic"):
+    for flag in ("-shared", "-Wl,--no-undefined", "-Wl,-Bsymbolic", *profile[:1]):
         cmd += ["-LDFLAGS", flag]
-    cmd += ["-MAKEFLAGS", " ".join(MAKE_FLAGS)]
+    cmd += ["-MAKEFLAGS", " ".join(options.make_flags)]
     cmd += [*(str(s) for s in sources), str(HARNESS_DIR / "harness.cpp")]
     return cmd
 
 
-def _cache_key(verilog_text: bytes, wrapper_text: str, bus_bytes: int) -> str:
+def _cache_key(verilog_text: bytes, wrapper_text: str, bus_bytes: int, options: "BuildOptions | None" = None) -> str:
+    options = options or FAST
     digest = hashlib.sha256()
     for part in (verilog_text, wrapper_text.encode(), *((HARNESS_DIR / name).read_bytes() for name in HARNESS_SOURCES)):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
-    settings = [*VERILATOR_FLAGS, "|", *MAKE_FLAGS, "|", *CXX_FLAGS, "|", *_config_defines(bus_bytes), "|",
-                _verilator_version()]
+    settings = [*options.key_settings(), "|", *_config_defines(bus_bytes)]
     digest.update("\0".join(settings).encode())
     return digest.hexdigest()
+
+
+# ---- progress of slow steps ------------------------------------------------------------------------------------
+
+def _default_log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _Heartbeat:
+    """Says ``message`` once a step has run ``after`` seconds, then every ``every`` seconds how long it has run;
+    says how long it took at the end if it said anything. A step that ends sooner stays silent."""
+
+    def __init__(self, log, message: str, *, after: float = 2.0, every: float = 30.0):
+        self.log, self.message, self.after, self.every = log, message, after, every
+        self._done = threading.Event()
+        self.spoke = False
+        self._start = time.monotonic()
+
+    def __enter__(self):
+        if self.log is not None:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="s8-heartbeat")
+            self._thread.start()
+        return self
+
+    def _beat(self):
+        if self._done.wait(self.after):
+            return
+        self.spoke = True
+        self.log(self.message)
+        while not self._done.wait(self.every):
+            self.log(f"  ... still running ({time.monotonic() - self._start:.0f} s)")
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self.log is not None:
+            self._thread.join()
+            if self.spoke:
+                self.log(f"  ... done in {time.monotonic() - self._start:.1f} s")
+        self.seconds = time.monotonic() - self._start
+
+
+_HISTORY = "history.json"
+
+
+def _history(build_dir: Path) -> dict:
+    try:
+        return json.loads((build_dir / _HISTORY).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(build_dir: Path, key: str, **seconds) -> None:
+    """Record how long a step took (for the next build's "the last comparable build took ...")."""
+    with open(build_dir / ".history.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        history = _history(build_dir)
+        entry = history.setdefault(key, {})
+        entry.update({name: round(value, 1) for name, value in seconds.items()})
+        entry["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        tmp = build_dir / f".{_HISTORY}.{os.getpid()}"
+        tmp.write_text(json.dumps(history, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, build_dir / _HISTORY)
+
+
+def last_comparable(build_dir: Path, slug: str, options: "BuildOptions", what: str) -> str:
+    """"the last comparable one took N s" for ``what`` (``build_s`` or ``generate_s``), or a typical figure.
+
+    Comparable: the same configuration and options; else the same options on any configuration (named)."""
+    history = _history(build_dir)
+    noun = {"build_s": "build", "generate_s": "generation"}[what]
+    exact = history.get(f"{slug}|{options.name}", {}).get(what)
+    if exact is not None:
+        return f"the last {noun} of this configuration took {exact:.0f} s"
+    others = [(v.get("when", ""), k.split("|")[0], v[what]) for k, v in history.items()
+              if k.endswith(f"|{options.name}") and what in v]
+    if others:
+        _, config, seconds = max(others)
+        return f"the last {options.name} {noun} took {seconds:.0f} s ({config})"
+    typical = {"build_s": "20-60 s for 8x8 on two cores" + (", about twice that with PGO" if options.pgo else ""),
+               "generate_s": "a few seconds for 8x8, minutes for 32x32 and larger"}
+    return f"no earlier build recorded here; typically {typical[what]}"
 
 
 @dataclass(frozen=True)
 class HarnessBuild:
     """Where :func:`build_harness` put things: the loadable ``library``, the accelerator's generated ``verilog`` and
     its JSON ``description``, the build ``log``; ``built`` is whether this call ran Verilator, ``seconds`` how long
-    that took."""
+    that took (PGO training included), ``options`` the :class:`BuildOptions` it was built with."""
     library: Path
     verilog: Path
     description: Path
     log: Path
     built: bool
     seconds: float
+    options: BuildOptions = None
 
 
-def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None) -> HarnessBuild:
+def _slug(c: HardwareConfig) -> str:
+    return f"{c.rows}x{c.cols}_a{c.act_depth}_w{c.wgt_depth}_acc{c.acc_depth}_p{c.param_depth}_b{c.bus_bytes}"
+
+
+def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None, options: BuildOptions | None = None,
+                  log=_default_log) -> HarnessBuild:
     """Generate, Verilate and compile the harness for ``config`` unless a cached build exists.
 
-    Raises :class:`sim.cocotb_runner.SimulatorMissing` when Verilator, make or g++ is missing and
+    ``options`` (default :data:`FAST`) says how; ``log(text)`` receives progress lines of the slow steps (Verilog
+    generation when it takes more than two seconds, every build, with how long the last comparable one took;
+    None: silent). Raises :class:`sim.cocotb_runner.SimulatorMissing` when Verilator, make or g++ is missing and
     :class:`VerilatorBuildError` (naming the log) when the build fails. The build folder keeps the exact Verilog it
     was built from (``accelerator.v``, ``s8_top.v``) next to the library and the log.
     """
-    from hw.generate import generate_accelerator
+    import hw.generate
 
-    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    options = options or default_options()
+    if not isinstance(options, BuildOptions):
+        raise TypeError(f"options must be a BuildOptions (e.g. sim.verilator_backend.FAST), not "
+                        f"{type(options).__name__}")
+    build_dir = (Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR).resolve()
     c = config
-    slug = f"{c.rows}x{c.cols}_a{c.act_depth}_w{c.wgt_depth}_acc{c.acc_depth}_p{c.param_depth}_b{c.bus_bytes}"
+    slug = _slug(c)
+    dsp_pes = c.rows * c.cols if options.dsp_pes else 0
     rtl_dir = build_dir / "rtl" / slug
     rtl_dir.mkdir(parents=True, exist_ok=True)
+    what = f"{c.rows}x{c.cols}" + (" (one-multiplier PEs)" if dsp_pes else "")
     with open(rtl_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # generate_accelerator writes fixed file names: one writer at a time
-        verilog, description = generate_accelerator(
-            rows=c.rows, cols=c.cols, act_depth=c.act_depth, wgt_depth=c.wgt_depth, acc_depth=c.acc_depth,
-            param_depth=c.param_depth, data_width=8 * c.bus_bytes, out_dir=rtl_dir)
+        with _Heartbeat(log, f"verilator: generating the {what} accelerator's Verilog "
+                        f"({last_comparable(build_dir, slug, options, 'generate_s')}) ...") as beat:
+            kwargs = {"dsp_pes": dsp_pes} if dsp_pes else {}
+            verilog, description = hw.generate.generate_accelerator(
+                rows=c.rows, cols=c.cols, act_depth=c.act_depth, wgt_depth=c.wgt_depth, acc_depth=c.acc_depth,
+                param_depth=c.param_depth, data_width=8 * c.bus_bytes, out_dir=rtl_dir, **kwargs)
+        if beat.seconds > 2:
+            _remember(build_dir, f"{slug}|{options.name}", generate_s=beat.seconds)
         verilog_text = verilog.read_bytes()
         ports = json.loads(description.read_text())["ports"]
     wrapper = wrapper_verilog(ports)
-    key = _cache_key(verilog_text, wrapper, c.bus_bytes)
-    out = build_dir / f"{slug}-{key[:16]}"
-    library, log = out / _LIBRARY, out / "build.log"
-    cached = HarnessBuild(library=library, verilog=verilog, description=description, log=log, built=False,
-                          seconds=0.0)
+    key = _cache_key(verilog_text, wrapper, c.bus_bytes, options)
+    out = build_dir / f"{slug}-{options.name}-{key[:16]}"
+    library, build_log = out / _LIBRARY, out / "build.log"
+    cached = HarnessBuild(library=library, verilog=verilog, description=description, log=build_log, built=False,
+                          seconds=0.0, options=options)
     if library.is_file():
         return cached
     out.mkdir(parents=True, exist_ok=True)
@@ -279,32 +515,105 @@ def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None
         if library.is_file():
             return cached
         _toolchain_environment()
+        if log is not None:
+            log(f"verilator: building the {c.rows}x{c.cols} harness ({options.name}: {options.describe()}); "
+                f"{last_comparable(build_dir, slug, options, 'build_s')}; log: {build_log}")
+        start = time.monotonic()
         obj_dir = out / "obj"
         shutil.rmtree(obj_dir, ignore_errors=True)
-        staging = out / f"{_LIBRARY}.tmp"
         # Build from copies of what was hashed: the generated file may be rewritten by a later generation.
         (out / "accelerator.v").write_bytes(verilog_text)
         (out / f"{_TOP}.v").write_text(wrapper)
-        cmd = _build_command([out / "accelerator.v", out / f"{_TOP}.v"], obj_dir, staging, c.bus_bytes)
-        start = time.monotonic()
-        with open(log, "w") as handle:
-            handle.write(" ".join(cmd) + "\n\n")
-            handle.flush()
-            code = subprocess.call(cmd, cwd=out, stdout=handle, stderr=subprocess.STDOUT)
+        sources = [out / "accelerator.v", out / f"{_TOP}.v"]
+        staging = out / f"{_LIBRARY}.tmp"
+        with open(build_log, "w") as handle:
+            if options.pgo:
+                _compile(sources, obj_dir, staging, c, options, _PGO_GENERATE, handle, build_log, "instrumented ")
+                if log is not None:
+                    log(f"  ... instrumented build done in {time.monotonic() - start:.0f} s; training the profile")
+                train_start = time.monotonic()
+                _run_training(staging, c, handle, build_log)
+                if log is not None:
+                    log(f"  ... trained in {time.monotonic() - train_start:.0f} s; building with the profile")
+                # Recompile everything (the .gcda profiles stay beside the sources they describe).
+                for path in obj_dir.glob("*.o"):
+                    path.unlink()
+                for path in (*obj_dir.glob("*.a"), *obj_dir.glob("*.gch"), staging):
+                    path.unlink(missing_ok=True)
+                _compile(sources, obj_dir, staging, c, options, _PGO_USE, handle, build_log, "profile-guided ")
+            else:
+                _compile(sources, obj_dir, staging, c, options, (), handle, build_log, "")
         seconds = time.monotonic() - start
-        if code != 0 or not staging.is_file():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise VerilatorBuildError(f"Verilator build of {verilog} failed (exit status {code}); full log: {log}\n"
-                                      f"{tail}")
         os.replace(staging, library)
         shutil.rmtree(obj_dir, ignore_errors=True)   # the objects are large and the library is all we load
         (out / "build_seconds.txt").write_text(f"{seconds:.1f}\n")
-    _prune(build_dir, slug, keep=out)
+        _remember(build_dir, f"{slug}|{options.name}", build_s=seconds)
+        if log is not None:
+            log(f"  ... built in {seconds:.0f} s")
+    _prune(build_dir, f"{slug}-{options.name}", keep=out)
     return dataclasses.replace(cached, built=True, seconds=seconds)
 
 
+def _compile(sources, obj_dir, staging, config, options, profile, handle, log_path, kind) -> None:
+    cmd = _build_command(sources, obj_dir, staging, config.bus_bytes, options, profile)
+    handle.write(" ".join(cmd) + "\n\n")
+    handle.flush()
+    code = subprocess.call(cmd, cwd=staging.parent, stdout=handle, stderr=subprocess.STDOUT)
+    handle.flush()
+    if code != 0 or not staging.is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise VerilatorBuildError(f"Verilator {kind}build of {sources[0]} failed (exit status {code}); full log: "
+                                  f"{log_path}\n{tail}")
+
+
+def _run_training(library: Path, config: HardwareConfig, handle, log_path) -> None:
+    """Run :func:`_train` on the instrumented ``library`` in a subprocess (its profile is written at exit)."""
+    cfg = dataclasses.asdict(config)
+    cmd = [sys.executable, "-m", "sim.verilator_backend", "--train", str(library), json.dumps(cfg)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    handle.write(" ".join(cmd) + "\n\n")
+    handle.flush()
+    code = subprocess.call(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=600)
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise VerilatorBuildError(f"the PGO training run failed (exit status {code}); full log: {log_path}\n{tail}")
+
+
+def _train(library: Path, config: HardwareConfig) -> int:
+    """The PGO training workload: GEMM programs of MNIST-like proportions (a long MATMUL stream over K tiles with
+    loads overlapping it, ragged edge tiles, int8 and raw int32 stores), about 1.5 M cycles. Returns the cycles."""
+    from .arith import quantize_multiplier
+    from .programs import gemm_program
+
+    lib = _load(library)
+    handle = lib.s8_create()
+    rng = np.random.default_rng(1)
+    r, c = config.rows, config.cols
+    cycles = 0
+    for m, k, n, raw in ((32 * 49, 4 * r + 3, 2 * c, False), (96, 16 * r, 3 * c + 1, False), (40, 9, c, True)):
+        multiplier, shift = quantize_multiplier(1.0 / (np.sqrt(k) * 128 * rng.uniform(0.5, 2.0, n)))
+        program = gemm_program(rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n)),
+                               rng.integers(-(1 << 14), 1 << 14, n), multiplier, shift, 3, -128, 127, raw,
+                               config=config)
+        for _ in range(2):
+            dram = program.dram.copy()
+            bus = _BusConfig(read_latency=0, write_latency=0, max_outstanding=8, stall_len=0, n_errors=0)
+            result = _Result()
+            rc = lib.s8_run(handle, dram.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), dram.size,
+                            program.prog_addr, program.prog_len, 50_000_000, ctypes.byref(bus), ctypes.byref(result))
+            if rc != _OK or not np.array_equal(dram, program.expected_dram):
+                raise RuntimeError(f"PGO training program {m}x{k}x{n} failed (rc {rc}): "
+                                   f"{result.message.decode(errors='replace')}")
+            cycles += result.total_cycles
+    lib.s8_destroy(handle)
+    return cycles
+
+
 def _prune(build_dir: Path, slug: str, *, keep: Path, kept: int = _KEPT_BUILDS) -> None:
-    """Delete all but the ``kept`` newest builds of one configuration (every hardware edit makes a new one).
+    """Delete all but the ``kept`` newest builds named ``<slug>-<key>`` (every hardware edit makes a new one).
+    ``slug`` names the configuration and the options, so the FAST and the BASELINE builds that `make bench`
+    compares never evict each other.
 
     A build whose lock another process holds (it is being built) is left alone; a loaded library stays usable
     after its file is deleted."""
@@ -350,6 +659,11 @@ class VerilatorAccelerator:
         Array size, buffer depths and bus width (``bus_bytes`` 4, 8 or 16).
     build_dir : path, optional
         Where generated Verilog and builds are cached (default ``build/verilator`` in the repository).
+    options : BuildOptions, optional
+        How the model is built (default :func:`default_options`: :data:`FAST` unless ``$SYSTOLIC8_VERILATOR_BUILD``
+        names another; :data:`BASELINE` is the harness before the speed work).
+    log : callable, optional
+        ``log(text)`` gets the progress lines of a build that has to run (default: stderr; None: silent).
 
     Attributes
     ----------
@@ -362,13 +676,14 @@ class VerilatorAccelerator:
     with N instances (:meth:`replicate`) simulate N programs at once on N cores.
     """
 
-    def __init__(self, config: HardwareConfig, *, build_dir: Path | str | None = None):
+    def __init__(self, config: HardwareConfig, *, build_dir: Path | str | None = None,
+                 options: BuildOptions | None = None, log=_default_log):
         self._handle = None
         if not isinstance(config, HardwareConfig):
             raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
         if config.bus_bytes not in (4, 8, 16):
             raise ValueError(f"HardwareConfig.bus_bytes must be 4, 8 or 16, not {config.bus_bytes!r}")
-        build = build_harness(config, build_dir=build_dir)
+        build = build_harness(config, build_dir=build_dir, options=options, log=log)
         lib = _load(build.library)
         if lib.s8_bus_bytes() != config.bus_bytes:
             raise VerilatorBuildError(f"{build.library} was built for a {lib.s8_bus_bytes()}-byte bus, "
@@ -528,3 +843,22 @@ class VerilatorAccelerator:
             cycles=int(result.cycles), total_cycles=int(result.total_cycles), wall_time=wall,
             bus={"read_bursts": int(result.read_bursts), "write_bursts": int(result.write_bursts),
                  "read_beats": int(result.read_beats), "write_beats": int(result.write_beats)})
+
+
+
+def main(argv=None) -> int:
+    """``python -m sim.verilator_backend --train LIBRARY CONFIG_JSON``: the PGO training run (used by the build)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sim.verilator_backend", description=main.__doc__)
+    parser.add_argument("--train", nargs=2, metavar=("LIBRARY", "CONFIG_JSON"), required=True)
+    args = parser.parse_args(argv)
+    config = HardwareConfig(**json.loads(args.train[1]))
+    start = time.perf_counter()
+    cycles = _train(Path(args.train[0]), config)
+    print(f"trained on {cycles:,} cycles in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,10 +16,17 @@ SIMULATOR_FIELDS = {"backend", "completed", "cycles", "program_cycles", "wall_s"
                     "cycles_per_s", "cycles_per_cpu_s", "dram_ok", "first_mismatch", "note", "ratio", "ratio_cpu"}
 
 
-def test_every_simulator_leaves_the_golden_dram(tmp_path, capsys):
+def test_every_simulator_leaves_the_golden_dram(tmp_path, capfd):
     out = tmp_path / "bench.json"
     assert main(["--quick", "--rows", "2", "--cols", "2", "--no-mnist", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
+    # Quiet: the cocotb builds' compiler commands and Verilator warnings go to the named logs, not the terminal.
+    printed = capfd.readouterr()
+    for name in ("cocotb-verilator", "cocotb-icarus", "amaranth"):
+        log = report["simulators"]["logs"][name]
+        assert log.endswith(f"{name}-2x2.log") and log in printed.out, (name, log)
+    assert "%Warning" not in printed.out + printed.err and "g++ " not in printed.out + printed.err
+    assert out.with_suffix(".png").stat().st_size > 10_000 and report["plot"] == str(out.with_suffix(".png"))
     assert report["config"]["rows"] == 2 and report["config"]["cols"] == 2 and report["quick"] is True
     sims = report["simulators"]
     assert len(sims["verilog"]["sha256"]) == 64 and sims["verilog"]["same_for_all"]
@@ -35,8 +42,14 @@ def test_every_simulator_leaves_the_golden_dram(tmp_path, capsys):
     assert len(set(counted.values())) == 1 and sims["cycles_agree"], f"CYCLES counters differ: {counted}"
     assert sims["program"]["cycles"] == counted["verilator"]
     assert entries["verilator"]["ratio"] == entries["verilator"]["ratio_cpu"] == 1.0
+    # The baseline harness: the same program, the same result, its ratio to the default build measured here.
+    base = entries["verilator-baseline"]
+    assert base["ratio_cpu"] == pytest.approx(base["cycles_per_cpu_s"] / entries["verilator"]["cycles_per_cpu_s"])
+    assert "baseline build, best of 3 interleaved rounds" in base["note"], base
+    assert set(report["verilator_build"]) == {"fast", "nopgo", "baseline"}
+    assert report["verilator_build"]["baseline"]["dsp_pes"] is False and report["verilator_build"]["fast"]["pgo"]
     assert report["mnist"] is None and report["layers"] == []
-    assert "cocotb-icarus" in capsys.readouterr().out
+    assert "cocotb-icarus" in printed.out
 
 
 def test_mnist_and_layer_sections(tmp_path):
@@ -51,6 +64,14 @@ def test_mnist_and_layer_sections(tmp_path):
     for key in ("images_per_s", "cycles_per_image", "sim_cycles_per_s", "projected_test_set_s", "host_fraction",
                 "cores_used"):
         assert mnist[key] > 0, f"{key}: {mnist[key]}"
+    assert mnist["projected_test_set_s"] == pytest.approx(10_000 * mnist["wall_s"] / 2, rel=1e-3)
+    assert mnist["projected_from"].startswith("2 images (2 batches of up to 1) on 2 worker(s) in "), mnist
+    # The speed-up over the baseline harness: both builds on the same MNIST programs (results compared inside).
+    base = mnist["baseline"]
+    assert base["programs"] == 4 and base["rounds"] == 1, base
+    assert base["fast_cycles_per_cpu_s"] > 0 and base["baseline_cycles_per_cpu_s"] > 0
+    assert base["speedup"] == pytest.approx(base["fast_cycles_per_cpu_s"] / base["baseline_cycles_per_cpu_s"])
+    assert base["projected_test_set_s"] == pytest.approx(mnist["projected_test_set_s"] * base["speedup"])
     layers = {layer["name"]: layer for layer in report["layers"]}
     assert set(layers) == {"conv1", "conv2", "dense1", "dense2"}
     # The SCALE-Sim column sums the closed form over the programs: here two batches of one image per layer.

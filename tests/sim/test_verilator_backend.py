@@ -2,6 +2,7 @@
 to the golden ISA simulator byte for byte - random GEMM programs, memory latencies, back-pressure and bus errors -
 builds are cached, and the watchdog and bad input give clear errors."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -190,9 +191,9 @@ def test_missing_verilator_says_how_to_install(generated, monkeypatch, tmp_path)
 
 
 def test_build_failure_names_the_log(generated, monkeypatch, tmp_path):
-    monkeypatch.setattr(vb, "VERILATOR_FLAGS", (*vb.VERILATOR_FLAGS, "--no-such-verilator-option"))
+    bad = dataclasses.replace(vb.FAST, verilator_flags=(*vb.FAST.verilator_flags, "--no-such-verilator-option"))
     with pytest.raises(VerilatorBuildError, match=r"failed .*full log: .*build\.log") as info:
-        VerilatorAccelerator(CONFIG, build_dir=tmp_path)
+        VerilatorAccelerator(CONFIG, build_dir=tmp_path, options=bad)
     assert "no-such-verilator-option" in str(info.value)
 
 
@@ -247,3 +248,100 @@ def test_replicas_run_in_parallel_threads(accel):
     with pytest.raises(RuntimeError, match="closed"):
         replicas[0].replicate()
     replicas[1].close()
+
+
+# ---- build options, cache key, progress lines (no builds) -------------------------------------------------------
+
+def _key(options, verilog=b"module accelerator(); endmodule\n"):
+    return vb._cache_key(verilog, "wrapper", 8, options)
+
+
+def test_cache_key_covers_every_option():
+    base = _key(vb.FAST)
+    assert base == _key(vb.FAST) and base != _key(vb.FAST, verilog=b"// other\n")
+    changes = [dict(name="other"), dict(verilator_flags=("-O2",)), dict(make_flags=("OPT_FAST=-O2",)),
+               dict(cxx_flags=("-O1",)), dict(dsp_pes=not vb.FAST.dsp_pes), dict(pgo=not vb.FAST.pgo)]
+    keys = {_key(dataclasses.replace(vb.FAST, **change)) for change in changes}
+    assert len(keys) == len(changes) and base not in keys
+    assert _key(vb.BASELINE) != base
+
+
+def test_cache_key_includes_the_compiler_version(monkeypatch):
+    before = _key(vb.FAST)
+    monkeypatch.setattr(vb, "_compiler_version", lambda compiler: f"{compiler} (Debian 99.1)")
+    assert _key(vb.FAST) != before
+    clang = dataclasses.replace(vb.FAST, make_flags=(*vb.FAST.make_flags, "CXX=clang++"))
+    assert clang.compiler == "clang++" and "clang++ (Debian 99.1)" in clang.key_settings()
+
+
+def test_native_builds_are_keyed_by_the_host_cpu(monkeypatch):
+    native = dataclasses.replace(vb.FAST, name="native", cxx_flags=(*vb.FAST.cxx_flags, "-march=native"))
+    assert native.native and not vb.FAST.native
+    portable, here = _key(vb.FAST), _key(native)
+    monkeypatch.setattr(vb, "_host_cpu", lambda: "cpu=another-machine")
+    assert _key(native) != here, "a -march=native build must not be loaded on another CPU"
+    assert _key(vb.FAST) == portable, "a portable build does not depend on the CPU"
+    assert vb._host_cpu.__name__ == "<lambda>" and "cpu=another-machine" in native.key_settings()
+
+
+def test_host_cpu_is_stable():
+    assert vb._host_cpu() == vb._host_cpu() and vb._host_cpu().startswith("cpu=")
+
+
+def test_options_validation_and_environment(monkeypatch):
+    with pytest.raises(ValueError, match="BuildOptions name must be a non-empty word"):
+        vb.BuildOptions("a b")
+    with pytest.raises(TypeError, match="verilator_flags must be a tuple of strings"):
+        vb.BuildOptions("x", verilator_flags="-O3")
+    monkeypatch.delenv(vb.OPTIONS_ENV, raising=False)
+    assert vb.default_options() is vb.FAST
+    monkeypatch.setenv(vb.OPTIONS_ENV, "baseline")
+    assert vb.default_options() is vb.BASELINE
+    monkeypatch.setenv(vb.OPTIONS_ENV, "turbo")
+    with pytest.raises(ValueError, match=r"SYSTOLIC8_VERILATOR_BUILD='turbo' names no Verilator build; "
+                                         r"choose one of fast, nopgo, baseline"):
+        vb.default_options()
+    with pytest.raises(TypeError, match="options must be a BuildOptions"):
+        vb.build_harness(CONFIG, options="fast")
+
+
+def test_pgo_flags_reach_compiler_and_linker():
+    cmd = vb._build_command([], vb.Path("/o"), vb.Path("/o/lib.so"), 8, vb.FAST, vb._PGO_GENERATE)
+    pairs = list(zip(cmd, cmd[1:]))
+    assert ("-CFLAGS", "-fprofile-generate") in pairs and ("-LDFLAGS", "-fprofile-generate") in pairs
+    assert "-fno-dfg" not in cmd
+    baseline = vb._build_command([], vb.Path("/o"), vb.Path("/o/lib.so"), 8, vb.BASELINE)
+    assert "-fno-dfg" in baseline and not any("profile" in part for part in baseline)
+
+
+def test_heartbeat_is_silent_for_short_steps_and_reports_long_ones():
+    lines = []
+    with vb._Heartbeat(lines.append, "generating", after=5.0):
+        pass
+    assert lines == []
+    with vb._Heartbeat(lines.append, "generating", after=0.02, every=0.05):
+        time.sleep(0.2)
+    assert lines[0] == "generating" and lines[-1].startswith("  ... done in ")
+    assert any(line.startswith("  ... still running") for line in lines[1:-1]), lines
+
+
+def test_last_comparable_build(tmp_path):
+    assert "no earlier build recorded here; typically 20-60 s" in vb.last_comparable(tmp_path, "8x8", vb.BASELINE,
+                                                                                      "build_s")
+    vb._remember(tmp_path, "4x4|fast", build_s=61.2)
+    assert vb.last_comparable(tmp_path, "8x8", vb.FAST, "build_s") == "the last fast build took 61 s (4x4)"
+    vb._remember(tmp_path, "8x8|fast", build_s=95.4, generate_s=6.0)
+    assert vb.last_comparable(tmp_path, "8x8", vb.FAST, "build_s") == \
+        "the last build of this configuration took 95 s"
+    assert vb.last_comparable(tmp_path, "8x8", vb.FAST, "generate_s") == \
+        "the last generation of this configuration took 6 s"
+    assert "no earlier" in vb.last_comparable(tmp_path, "8x8", vb.BASELINE, "build_s")
+
+
+def test_prune_keeps_each_options_builds(tmp_path):
+    """`make bench` loads the FAST and the BASELINE build of one configuration: pruning one never evicts the other."""
+    for i, name in enumerate(["8x8-baseline-a", "8x8-fast-a", "8x8-fast-b", "8x8-fast-c", "8x8-fast-d"]):
+        (tmp_path / name).mkdir()
+        vb.os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    vb._prune(tmp_path, "8x8-fast", keep=tmp_path / "8x8-fast-d", kept=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["8x8-baseline-a", "8x8-fast-b", "8x8-fast-c", "8x8-fast-d"]
