@@ -90,6 +90,16 @@ def _inputs(model, data, labels, split, random, seed, n):
     return x, y, dataset.source, str(data) == "mnist"
 
 
+def _announce_icarus_work(driver, n, batch, what):
+    """Icarus runs a few hundred cycles a second: say up front (from the exact cycle model) how long the run will
+    take, and give the progress lines their whole-run ETA."""
+    from sim.icarus_backend import expect_cycles
+
+    sizes = [min(batch, n - b) for b in range(0, n, batch)]
+    per_batch = {s: sum(driver.compiled.predicted_cycles(s).values()) for s in set(sizes)}
+    expect_cycles(sum(per_batch[s] for s in sizes), what=what)
+
+
 def run_model(model, *, data=None, labels=None, split=None, random=None, seed=0, n=None, backend="verilator",
               config=None, batch=32, workers=None, compare_reference=False, report_path=None, plot=True,
               quiet=False, title=None):
@@ -106,6 +116,8 @@ def run_model(model, *, data=None, labels=None, split=None, random=None, seed=0,
     float_logits = model.float_logits(x) if y is not None else None
     cpu = model.driver("cpu", config).run(x)
     driver = model.driver(backend, config, batch_size=batch, workers=workers)
+    if backend == "icarus" and not quiet:
+        _announce_icarus_work(driver, n, batch, f"{n} {noun} on icarus")
     backend_label = backend
     if backend == "gpu" and getattr(getattr(driver, "_torch", None), "device", None) is not None \
             and driver._torch.device.type != "cuda":
