@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 ROWS ?= 8
 COLS ?= 8
 ACC_DEPTH ?= 512
-# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot.
-EXTRAS ?= torch,fpga,plot
+# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, cluster (Dask).
+EXTRAS ?= torch,fpga,plot,cluster
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help

@@ -47,6 +47,7 @@ DEFAULT_MODEL = ROOT / "models" / "mnist_int8.npz"
 #: PEs -> MHz, at f2b4147 (2x2 at ffcb321). What :func:`fmax_estimate` interpolates between.
 MEASURED_FMAX = {"ecp5-85k": {4: 83.9, 16: 82.6, 64: 74.9, 256: 54.7}}
 
+DEFAULT_SIZES = (2, 4, 6, 8, 12, 16, 24, 32)
 DEFAULT_DEPTHS = (2048, 2048, 512, 64)          # act, wgt, acc, param
 DEPTH_PRESETS = {"small": (1024, 1024, 256, 64), "default": DEFAULT_DEPTHS, "large": (4096, 4096, 1024, 64)}
 
@@ -63,7 +64,7 @@ class Point:
     param_depth: int = 64
     pe_multiplier: str = "carry"     # carry | fabric (the PEs not on DSP blocks)
     dsp_pes: int = 0
-    batch: int = 16
+    batch: int = 8
 
     @property
     def config(self) -> HardwareConfig:
@@ -171,6 +172,7 @@ def measured_fmax(target: str, point: Point, build_dir="build") -> dict | None:
 
 def design_points(target: str, sizes, *, max_aspect: float, bus_bytes, multipliers) -> list[Point]:
     """Hardware points of stage 1: every rows x cols within the aspect ratio, bus width and PE multiplier kind."""
+    from hw.fpga.flow import FABRIC_ONLY_PES
     from hw.fpga.targets import get_target
     tgt = get_target(target)
     dsp_total = tgt.resources["dsp"].available
@@ -182,8 +184,10 @@ def design_points(target: str, sizes, *, max_aspect: float, bus_bytes, multiplie
             for bb in bus_bytes:
                 for mult in multipliers:
                     if mult == "dsp":
+                        # The flow's own rule (hw.fpga.flow.auto_dsp_pes): PEs on DSP blocks only past
+                        # FABRIC_ONLY_PES; an 8x8 with every PE on the ECP5's few DSP rows did not route at all.
                         spare = dsp_total - 4 * c
-                        if spare <= 0:
+                        if spare <= 0 or r * c <= FABRIC_ONLY_PES:
                             continue
                         points.append(Point(r, c, bb, pe_multiplier="carry", dsp_pes=min(r * c, spare)))
                     else:
@@ -315,9 +319,9 @@ def _cycles_sweep(model, configs, batches, *, workers, cluster, say, what):
     return run_sweep(evaluate_cycles, jobs, workers=workers, cluster=cluster, progress=progress)
 
 
-def explore(model=DEFAULT_MODEL, *, target="ecp5-85k", sizes=(2, 3, 4, 6, 8, 12, 16, 24, 32), max_aspect=2.0,
-            bus_bytes=(4, 8, 16), multipliers=("carry", "fabric", "dsp"), batch=16, batches=(1, 4, 16, 32),
-            depths=("small", "default", "large"), budget: Budget | None = None, tolerance=0.05, refine=6,
+def explore(model=DEFAULT_MODEL, *, target="ecp5-85k", sizes=DEFAULT_SIZES, max_aspect=2.0,
+            bus_bytes=(4, 8, 16), multipliers=("carry", "fabric", "dsp"), batch=8, batches=(1, 8, 32),
+            depths=("small", "default", "large"), budget: Budget | None = None, tolerance=0.05, refine=4,
             workers=None, cluster=None, build_dir="build", say=_say) -> dict:
     """Run the sweep (module docstring) and return the result (what ``explore.json`` holds)."""
     from hw.fpga.resource_model import load_model
@@ -571,19 +575,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-dsp", type=int, help="DSP block budget (default: the device's)")
     parser.add_argument("--max-bram", type=int, help="block RAM budget (default: the device's)")
     parser.add_argument("--min-fps", type=float, help="least inferences/s")
-    parser.add_argument("--sizes", type=_ints, default=(2, 3, 4, 6, 8, 12, 16, 24, 32),
-                        help="array rows and columns to combine (default 2,3,4,6,8,12,16,24,32)")
+    parser.add_argument("--sizes", type=_ints, default=DEFAULT_SIZES,
+                        help="array rows and columns to combine (default 2,4,6,8,12,16,24,32)")
     parser.add_argument("--max-aspect", type=float, default=2.0, help="largest rows/cols ratio (default 2)")
     parser.add_argument("--bus-bytes", type=_ints, default=(4, 8, 16), help="AXI widths in bytes (default 4,8,16)")
     parser.add_argument("--multipliers", default="carry,fabric,dsp",
                         help="PE multiplier kinds: carry, fabric, dsp (default all three)")
-    parser.add_argument("--batch", type=int, default=16, help="batch size of the hardware sweep (default 16)")
-    parser.add_argument("--batches", type=_ints, default=(1, 4, 16, 32),
-                        help="batch sizes swept at the frontier (default 1,4,16,32)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size of the hardware sweep (default 8)")
+    parser.add_argument("--batches", type=_ints, default=(1, 8, 32),
+                        help="batch sizes swept at the frontier (default 1,8,32)")
     parser.add_argument("--depths", default="small,default,large",
                         help="buffer depth presets swept at the frontier: " + ", ".join(
                             f"{k}={'/'.join(map(str, v[:3]))}" for k, v in DEPTH_PRESETS.items()))
-    parser.add_argument("--refine", type=int, default=6, help="frontier points refined in stage 2 (default 6)")
+    parser.add_argument("--refine", type=int, default=4, help="frontier points refined in stage 2 (default 4)")
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="recommend the cheapest point within this fraction of the fastest (default 0.05)")
     parser.add_argument("--workers", type=int, default=None, help="local processes (default: one per core)")
