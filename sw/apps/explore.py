@@ -47,7 +47,7 @@ DEFAULT_MODEL = ROOT / "models" / "mnist_int8.npz"
 #: PEs -> MHz, at f2b4147 (2x2 at ffcb321). What :func:`fmax_estimate` interpolates between.
 MEASURED_FMAX = {"ecp5-85k": {4: 83.9, 16: 82.6, 64: 74.9, 256: 54.7}}
 
-DEFAULT_SIZES = (2, 4, 6, 8, 12, 16, 24, 32)
+DEFAULT_SIZES = (4, 6, 8, 12, 16, 24, 32)
 DEFAULT_DEPTHS = (2048, 2048, 512, 64)          # act, wgt, acc, param
 DEPTH_PRESETS = {"small": (1024, 1024, 256, 64), "default": DEFAULT_DEPTHS, "large": (4096, 4096, 1024, 64)}
 
@@ -465,6 +465,77 @@ def plot(result: dict, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The scaling view: model scale against hardware
+
+def scaling(models, *, target="ecp5-85k", sizes=(2, 4, 8, 16, 32), bus_bytes=None, batch=8, workers=None,
+            cluster=None, build_dir="build", say=_say) -> dict:
+    """For each model and square array size: cycles per inference, PE utilization, inferences/s, latency and the
+    resources (the same rows as the exploration, on the carry-cell PE with the flow's automatic DSP PEs past 8x8;
+    bus ``bus_bytes`` or, by default, 8 bytes up to 8x8 and 16 above, which is what keeps a 16x16 fed)."""
+    from hw.fpga.flow import auto_dsp_pes
+    from hw.fpga.resource_model import load_model
+    resource_model = load_model(target)
+    points = [Point(n, n, bus_bytes or (8 if n <= 8 else 16), dsp_pes=auto_dsp_pes(target, n, n), batch=batch)
+              for n in sizes]
+    out = {"target": target, "batch": batch, "models": {}}
+    for model in models:
+        say(f"scaling: {Path(model).name} on {len(points)} array sizes")
+        res = _cycles_sweep(model, [p.config for p in points], [batch], workers=workers, cluster=cluster, say=say,
+                            what=Path(model).stem)
+        rows = [_row(p, r["batches"][str(batch)], r["macs_per_inference"], resource_model, target, build_dir)
+                for p, r in zip(points, res)]
+        for r in rows:
+            r["fits_device"] = not fits_budget(r, Budget.for_target(target))
+        out["models"][str(model)] = {"macs_per_inference": res[0]["macs_per_inference"], "rows": rows}
+    return out
+
+
+def scaling_table(result: dict) -> str:
+    lines = []
+    for model, data in result["models"].items():
+        lines.append(f"{Path(model).name}: {data['macs_per_inference']:,} MACs per inference on the accelerator, "
+                     f"batch {result['batch']}")
+        head = (f"{'array':>7} {'bus':>4} {'cycles/inf':>11} {'util':>6} {'Fmax':>6} {'inf/s':>9} {'LUTs':>7} "
+                f"{'DSP':>4} {'BRAM':>4} {'inf/s per kLUT':>14} {'fits':>5}")
+        lines += [head, "-" * len(head)]
+        for r in data["rows"]:
+            p, res = r["point"], r["resources"]
+            lines.append(f"{p['rows']:>3}x{p['cols']:<3} {8 * p['bus_bytes']:>4} {r['cycles_per_inference']:>11,.0f} "
+                         f"{100 * r['utilization']:>5.1f}% {r['fmax_mhz']:>6.1f} {r['fps']:>9,.0f} "
+                         f"{res['packed_luts']:>7,} {res['dsp']:>4} {res['bram']:>4} "
+                         f"{1000 * r['fps'] / res['packed_luts']:>14.2f} {'yes' if r['fits_device'] else 'no':>5}")
+    return "\n".join(lines)
+
+
+def scaling_plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for model, data in result["models"].items():
+        rows = data["rows"]
+        pes = [r["point"]["rows"] * r["point"]["cols"] for r in rows]
+        name = Path(model).stem
+        axes[0].plot(pes, [r["fps"] for r in rows], "o-", label=name)
+        axes[1].plot(pes, [100 * r["utilization"] for r in rows], "o-", label=name)
+        axes[2].plot([r["resources"]["packed_luts"] for r in rows], [r["fps"] for r in rows], "o-", label=name)
+        for r, x in zip(rows, pes):
+            axes[0].annotate(f"{r['point']['rows']}x{r['point']['cols']}", (x, r["fps"]), fontsize=7,
+                             xytext=(3, -9), textcoords="offset points")
+    axes[0].set(xscale="log", yscale="log", xlabel="PEs (rows x cols)", ylabel="inferences / s")
+    axes[1].set(xscale="log", xlabel="PEs", ylabel="PE utilization over the whole model (%)", ylim=(0, 100))
+    axes[2].set(xscale="log", yscale="log", xlabel="LUT4s (packed estimate)", ylabel="inferences / s")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Scaling on {result['target']}: exact cycle model, fitted resources, Fmax measured or estimated",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Verification of the chosen point
 
 def verify(result: dict, *, build_dir="build", pnr=True, pnr_timeout=7200, images=None, say=_say) -> dict:
@@ -575,10 +646,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-dsp", type=int, help="DSP block budget (default: the device's)")
     parser.add_argument("--max-bram", type=int, help="block RAM budget (default: the device's)")
     parser.add_argument("--min-fps", type=float, help="least inferences/s")
-    parser.add_argument("--sizes", type=_ints, default=DEFAULT_SIZES,
-                        help="array rows and columns to combine (default 2,4,6,8,12,16,24,32)")
+    parser.add_argument("--sizes", type=_ints, default=None,
+                        help="array rows and columns to combine (default 4,6,8,12,16,24,32; 2 and 3 work, but "
+                             "the cycle model takes minutes on them; with --scaling the square sizes, default "
+                             "2,4,8,16,32)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="the scaling view instead: throughput, utilization and cost against array size")
+    parser.add_argument("--also", default="", metavar="MODEL,...",
+                        help="with --scaling: more models to put beside MODEL")
     parser.add_argument("--max-aspect", type=float, default=2.0, help="largest rows/cols ratio (default 2)")
-    parser.add_argument("--bus-bytes", type=_ints, default=(4, 8, 16), help="AXI widths in bytes (default 4,8,16)")
+    parser.add_argument("--bus-bytes", type=_ints, default=None,
+                        help="AXI widths in bytes (default 4,8,16; --scaling: 8 up to 8x8, 16 above)")
     parser.add_argument("--multipliers", default="carry,fabric,dsp",
                         help="PE multiplier kinds: carry, fabric, dsp (default all three)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the hardware sweep (default 8)")
@@ -610,6 +688,11 @@ def run(args) -> int:
     if not model.is_file():
         print(f"error: model file {model} not found", file=sys.stderr)
         return 2
+    args.bus_bytes_given = args.bus_bytes is not None
+    args.bus_bytes = args.bus_bytes or (4, 8, 16)
+    if args.scaling:
+        return _run_scaling(args, model)
+    args.sizes = args.sizes or DEFAULT_SIZES
     mults = tuple(m.strip() for m in args.multipliers.split(",") if m.strip())
     bad = [m for m in mults if m not in ("carry", "fabric", "dsp")]
     depths = tuple(d.strip() for d in args.depths.split(",") if d.strip())
@@ -672,6 +755,31 @@ def run(args) -> int:
     print(f"wrote {paths['json']}, {paths['csv']}" + (f", {paths['png']}" if paths["png"] else "")
           + f" ({result['wall_s']:.0f} s)")
     return status
+
+
+def _run_scaling(args, model) -> int:
+    models = [model] + [Path(m) for m in args.also.split(",") if m.strip()]
+    missing = [str(m) for m in models if not m.is_file()]
+    if missing:
+        print(f"error: model file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    sizes = args.sizes or (2, 4, 8, 16, 32)
+    if min(sizes) < 2 or max(sizes) > 32:
+        print("error: --sizes must lie in 2..32", file=sys.stderr)
+        return 2
+    result = scaling(models, target=args.target, sizes=sizes, batch=args.batch, workers=args.workers,
+                     cluster=args.cluster, build_dir=args.build_dir,
+                     bus_bytes=args.bus_bytes[0] if args.bus_bytes_given else None)
+    print(scaling_table(result))
+    out = args.out or Path(args.build_dir) / "explore" / "scaling"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        scaling_plot(result, out / "scaling.png")
+        print(f"wrote {out / 'scaling.json'}, {out / 'scaling.png'}")
+    except ImportError:
+        print(f"wrote {out / 'scaling.json'} (no plot: pip install -e .[plot])")
+    return 0
 
 
 def main(argv=None) -> int:
