@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 ROWS ?= 8
 COLS ?= 8
 ACC_DEPTH ?= 512
-# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, cluster (Dask).
-EXTRAS ?= torch,fpga,plot,cluster
+# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, model (importers),
+# cluster (Dask distributed sweeps).
+EXTRAS ?= torch,fpga,plot,model,cluster
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help
+.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -38,6 +39,8 @@ help:
 	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
 	@echo "make lint     verilator --lint-only on the generated Verilog with lint/verilator.vlt"
 	@echo "make scaling  synthesize SIZES= array sizes: resources, Fmax, MNIST RTL cycles/image, images/s (table + PNG)"
+	@echo "make tiny     MLPerf Tiny ResNet-8 + DS-CNN through the RTL on 8x8 and 16x16, bit-exact vs LiteRT: cycles, utilization, latency at Fmax (N=, BACKEND=, TINY_ARRAYS=)"
+	@echo "make tiny-check  100 seeded inputs per MLPerf Tiny model on cpu, golden, gpu and verilator vs LiteRT (every element)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -84,3 +87,13 @@ scaling: $(STAMP)
 
 clean:
 	rm -rf build sim_build .pytest_cache
+
+# MLPerf Tiny (docs/import.md): the two int8 reference models of models/mlperf-tiny, checked against LiteRT.
+TINY_N ?= 16
+TINY_ARRAYS ?= 8x8,16x16
+tiny: $(STAMP)
+	$(PY) -m sw.apps.tiny --backend $(BACKEND) --n $(if $(filter command line environment,$(origin N)),$(N),$(TINY_N)) --arrays $(TINY_ARRAYS) $(if $(WORKERS),--workers $(WORKERS))
+
+# The acceptance campaign: 100 seeded inputs per model on every fast backend, every output element vs LiteRT.
+tiny-check: $(STAMP)
+	$(PY) -m sw.apps.tiny --backend cpu,golden,gpu,verilator --n 100 --arrays 8x8 --out build/reports/tiny-check.json

@@ -42,7 +42,7 @@ from .network import Conv2D, Dense, Flatten, MaxPool2D
 from .reference import max_pool
 
 __all__ = ["CompileError", "LayerStep", "CompiledNetwork", "choose_tiling", "compile_network", "layer_gemm_shape",
-           "predict_gemm"]
+           "predict_gemm", "GraphStep", "CompiledGraph", "compile_graph", "DEPTHWISE_TARGET"]
 
 #: Tilings (best by the rough estimate) that :func:`choose_tiling` ranks with the exact cycle model.
 TILING_CANDIDATES = 2
@@ -95,25 +95,28 @@ def _store_disk_cache(key: str, value: dict) -> None:
 
 
 @lru_cache(maxsize=256)
-def predict_gemm(m: int, k: int, n: int, config: HardwareConfig, tiling: GemmTiling) -> dict:
+def predict_gemm(m: int, k: int, n: int, config: HardwareConfig, tiling: GemmTiling, raw: bool = False) -> dict:
     """The exact RTL counters (``sim.cycle_model.predict``) of the GEMM program with this tiling (cached in
-    memory and in :data:`PREDICTION_CACHE`)."""
-    key = json.dumps([m, k, n, dataclasses.astuple(config), dataclasses.astuple(tiling), _timing_sources_hash()])
+    memory and in :data:`PREDICTION_CACHE`); ``raw`` for a program storing int32 accumulators."""
+    fields = [m, k, n, dataclasses.astuple(config), dataclasses.astuple(tiling), _timing_sources_hash()]
+    if raw:
+        fields.append("raw")
+    key = json.dumps(fields)
     stored = _disk_cache().get(key)
     if isinstance(stored, dict) and isinstance(stored.get("cycles"), int):
         return stored
-    result = predict(gemm_schedule(m, k, n, config, tiling), config)
+    result = predict(gemm_schedule(m, k, n, config, tiling, raw=raw), config)
     _store_disk_cache(key, result)
     return result
 
 
 @lru_cache(maxsize=256)
-def choose_tiling(m: int, k: int, n: int, config: HardwareConfig) -> GemmTiling:
+def choose_tiling(m: int, k: int, n: int, config: HardwareConfig, raw: bool = False) -> GemmTiling:
     """Of the :data:`TILING_CANDIDATES` best tilings by estimate, the one with the fewest predicted cycles."""
     candidates = candidate_tilings(m, k, n, config, limit=TILING_CANDIDATES)
     if len(candidates) == 1:
         return candidates[0]
-    return min(candidates, key=lambda t: predict_gemm(m, k, n, config, t)["cycles"])
+    return min(candidates, key=lambda t: predict_gemm(m, k, n, config, t, raw)["cycles"])
 
 
 class CompileError(ValueError):
@@ -272,3 +275,157 @@ def compile_network(qnet, config: HardwareConfig) -> CompiledNetwork:
         steps.append(LayerStep(index=i, name=layer.name, kind=kind, target=target, layer=layer, qlayer=qlayer,
                                input_shape=tuple(shapes[i]), output_shape=tuple(shapes[i + 1])))
     return CompiledNetwork(qnet=qnet, config=config, steps=tuple(steps))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The graph IR (sw.ir): any imported model.
+
+#: Where depthwise convolutions run. The host int8 reference: a depthwise layer is C independent GEMMs of N = 1
+#: (or depth_multiplier) columns, so on the array it would use 1 of its ``cols`` columns (1/8 of an 8x8 array, a
+#: K = kh*kw = 9 deep reduction filling 9 of 16 rows) and move every activation once per 9 MACs; DS-CNN's four
+#: depthwise layers hold 10.8% of its MACs. docs/import.md has the figures.
+DEPTHWISE_TARGET = "host"
+
+
+@dataclass(frozen=True)
+class GraphStep:
+    """One IR node as the compiler runs it: a GEMM program on the ``accelerator`` or a reference kernel on the
+    ``host``. ``raw`` accelerator steps store int32 accumulators that the host requantizes (single rounding)."""
+    index: int
+    name: str
+    kind: str            # the IR op (or the legacy layer kind for a converted QuantizedNetwork)
+    target: str          # accelerator | host
+    node: object
+    input_shape: tuple   # per sample, of the first input
+    output_shape: tuple  # per sample
+    macs_per_sample: int
+    raw: bool = False
+
+    def gemm_shape(self, batch: int) -> tuple[int, int, int]:
+        """(M, K, N) of this node's GEMM for ``batch`` samples."""
+        node = self.node
+        if not getattr(node, "gemm", False):
+            raise ValueError(f"node {self.name!r} ({self.kind}) is not GEMM-shaped")
+        k, n = node.weight_kn.shape
+        if node.op == "conv2d":
+            return batch * self.output_shape[0] * self.output_shape[1], k, n
+        return batch, k, n
+
+    def macs(self, batch: int = 1) -> int:
+        """Multiply-accumulates of the node for ``batch`` samples (wherever it runs)."""
+        return self.macs_per_sample * batch
+
+
+@dataclass(eq=False)
+class CompiledGraph:
+    """A :class:`sw.ir.Graph` assigned to the accelerator and the host, with the same interface as
+    :class:`CompiledNetwork` (steps, lower, predicted_cycles, choose_batch, listing)."""
+    graph: object
+    config: HardwareConfig
+    steps: tuple
+
+    def z_in(self, step: GraphStep) -> int:
+        return self.graph.tensors[step.node.inputs[0]].quant.zero_point
+
+    def z_out(self, step: GraphStep) -> int:
+        return self.graph.tensors[step.node.output].quant.zero_point
+
+    def gemm_operands(self, step: GraphStep, x: np.ndarray) -> dict:
+        """The GEMM ``A`` matrix, ``W``, the folded bias and the epilogue parameters of an accelerator step."""
+        from .kernels import gemm_operands
+        ops = gemm_operands(step.node, x, self.z_in(step))
+        ops["zero_point"] = self.z_out(step)
+        return ops
+
+    def tiling(self, step: GraphStep, batch: int) -> GemmTiling:
+        return choose_tiling(*step.gemm_shape(batch), self.config, step.raw)
+
+    def lower(self, step: GraphStep, x: np.ndarray, *, base=0x1000) -> GemmProgram:
+        """Program + DRAM image computing ``step`` on the int8 batch ``x``."""
+        if step.target != "accelerator":
+            raise ValueError(f"node {step.name!r} runs on the host")
+        o = self.gemm_operands(step, x)
+        return gemm_program(o["a"], o["w"], o["bias"], o["multiplier"], o["shift"], o["zero_point"], o["act_min"],
+                            o["act_max"], step.raw, config=self.config, base=base, with_expected=False,
+                            tiling=self.tiling(step, len(x)))
+
+    def finish(self, step: GraphStep, c: np.ndarray, batch: int) -> np.ndarray:
+        """The int8 output batch from the program's C matrix (requantized here for ``raw`` steps)."""
+        if step.raw:
+            from sim.arith import requantize
+            node = step.node
+            c = requantize(c, node.multiplier, node.shift, self.z_out(step), node.act_min, node.act_max,
+                           node.rounding)
+        return c.reshape((batch,) + tuple(step.output_shape))
+
+    def output_of(self, step: GraphStep, program: GemmProgram, dram, batch: int) -> np.ndarray:
+        return self.finish(step, program.read_c(dram), batch)
+
+    def run_host(self, step: GraphStep, inputs: list) -> np.ndarray:
+        from .kernels import run_node
+        return run_node(self.graph, step.node, inputs)
+
+    def predicted_cycles(self, batch: int) -> dict:
+        """RTL cycles of each accelerator step for ``batch`` samples from the exact cycle model: ``{name: cycles}``."""
+        out = {}
+        for step in self.steps:
+            if step.target == "accelerator":
+                shape = step.gemm_shape(batch)
+                out[step.name] = predict_gemm(*shape, self.config, self.tiling(step, batch), step.raw)["cycles"]
+        return out
+
+    def choose_batch(self, candidates=(1, 2, 4, 8, 16, 32, 64), *, tolerance=0.01) -> int:
+        per_image = {b: sum(self.predicted_cycles(b).values()) / b for b in candidates}
+        best = min(per_image.values())
+        return min(b for b, c in per_image.items() if c <= best * (1 + tolerance))
+
+    def macs(self) -> tuple[int, int]:
+        """(MACs per sample on the accelerator, all MACs per sample)."""
+        accel = sum(s.macs() for s in self.steps if s.target == "accelerator")
+        return accel, sum(s.macs() for s in self.steps)
+
+    def listing(self, batch: int = 1) -> str:
+        cfg = self.config
+        lines = [f"# {len(self.steps)} nodes on a {cfg.rows}x{cfg.cols} array (ACT {cfg.act_depth}, WGT "
+                 f"{cfg.wgt_depth}, ACC {cfg.acc_depth}, PARAM {cfg.param_depth}), batch {batch}"]
+        for step in self.steps:
+            head = (f"{step.index:3d} {step.name:<24} {step.kind:<17} {step.target:<11} "
+                    f"{'x'.join(map(str, step.input_shape))} -> {'x'.join(map(str, step.output_shape))}")
+            if step.target == "accelerator":
+                m, k, n = step.gemm_shape(batch)
+                t = self.tiling(step, batch)
+                head += (f"  GEMM M={m} K={k} N={n}{' raw' if step.raw else ''}  tiles: N {t.n_tiles} x M "
+                         f"{t.m_chunks} x K {t.k_tiles}")
+            if step.macs_per_sample:
+                head += f"  MACs {step.macs(batch):,}"
+            lines.append(head)
+        return "\n".join(lines)
+
+
+def compile_graph(graph, config: HardwareConfig, *, depthwise=DEPTHWISE_TARGET) -> CompiledGraph:
+    """Assign every node of ``graph`` (a validated :class:`sw.ir.Graph`) to the accelerator (conv2d and
+    fully_connected: GEMMs) or the host (everything else, with the reference kernels of :mod:`sw.kernels`)."""
+    from .ir import Graph
+    if not isinstance(graph, Graph):
+        raise TypeError(f"compile_graph needs a sw.ir.Graph, not {type(graph).__name__}")
+    if not isinstance(config, HardwareConfig):
+        raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
+    if depthwise != "host":
+        raise CompileError(f"depthwise convolutions run on the host only, not {depthwise!r}")
+    kinds = graph.metadata.get("layer_kinds", {})
+    steps = []
+    for i, node in enumerate(graph.nodes):
+        ins = graph.input_tensors(node)
+        out = graph.output_tensor(node)
+        target = "accelerator" if node.gemm else "host"
+        raw = False
+        if target == "accelerator":
+            k = node.weight_kn.shape[0]
+            if k > (1 << 16) * config.rows:
+                raise CompileError(f"node {i} {node.name!r} ({node.op}): reduction depth K={k} is beyond what one "
+                                   f"program can address")
+            raw = node.rounding != "double"
+        steps.append(GraphStep(index=i, name=node.name, kind=kinds.get(node.name, node.op), target=target,
+                               node=node, input_shape=tuple(ins[0].shape), output_shape=tuple(out.shape),
+                               macs_per_sample=node.macs(ins, out), raw=raw))
+    return CompiledGraph(graph=graph, config=config, steps=tuple(steps))

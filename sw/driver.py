@@ -13,8 +13,13 @@ model      the NumPy int8 path for the logits and the exact cycle model (:mod:`s
            cycles: the counters the verilator backend would read, for a whole test set in seconds
 ========== ================================================================================================
 
-Every int8 backend gives bit-identical logits (the tests check it). Host layers (MaxPool2D, Flatten) run in NumPy
-for all of them.
+Every int8 backend gives bit-identical logits (the tests check it). Host layers (pooling, layout, depthwise, ADD,
+softmax) run in NumPy for all of them (:mod:`sw.kernels`).
+
+The model is a :class:`sw.ir.Graph` (any imported model: :func:`sw.frontends.load_model`) or a legacy
+:class:`sw.quantize.QuantizedNetwork`, which runs as its graph (:meth:`sw.ir.Graph.from_quantized_network`): one
+path for both. GEMM-shaped nodes (conv2d, fully_connected) run on the accelerator; a node whose rounding the
+epilogue does not implement (``rounding="single"``) stores raw int32 accumulators and the host requantizes them.
 
 Parallel batches
 ----------------
@@ -38,8 +43,7 @@ import numpy as np
 
 from hw.isa import HardwareConfig
 
-from .compiler import compile_network
-from .reference import int8_forward
+from .compiler import compile_graph, compile_network
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Driver", "Inference", "LayerStats", "DEFAULT_CONFIG",
            "config_from_registers", "default_workers", "MAX_WORKERS"]
@@ -118,12 +122,34 @@ class LayerStats:
 @dataclass
 class Inference:
     backend: str
-    logits: np.ndarray                 # int8 (N, classes)
+    logits: np.ndarray                 # int8 (N, classes): the (first) output, flattened per sample
     layers: list = field(default_factory=list)
     wall_s: float = 0.0
     config: HardwareConfig | None = None
     note: str = ""
     workers: int = 1
+    outputs: dict = field(default_factory=dict)     # {graph output name: int8 (N, *shape)}
+
+    @property
+    def macs(self) -> int:
+        """All multiply-accumulates of the run (accelerator and host)."""
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def accelerator_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers if layer.target == "accelerator")
+
+    @property
+    def accelerator_share(self) -> float | None:
+        """The share of all MACs that ran on the accelerator."""
+        return self.accelerator_macs / self.macs if self.macs else None
+
+    def utilization(self) -> float | None:
+        """End-to-end PE utilization of the accelerator steps: their MACs over cycles x rows x cols."""
+        cycles = self.cycles
+        if not cycles or self.config is None:
+            return None
+        return self.accelerator_macs / (cycles * self.config.rows * self.config.cols)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -191,18 +217,19 @@ class _IcarusExecutor:
 
 
 class Driver:
-    """Runs ``qnet`` (a :class:`sw.quantize.QuantizedNetwork`) on batches of images.
+    """Runs a model on batches of inputs.
 
     Parameters
     ----------
-    qnet : QuantizedNetwork
+    model : sw.ir.Graph or sw.quantize.QuantizedNetwork
+        The quantized model: a graph (any imported model) or the toolkit's legacy CNN, which runs as its graph.
     backend : str
         One of :data:`BACKENDS`.
     config : HardwareConfig
         The hardware to build (RTL backends) or to simulate (golden). RTL backends compile for the sizes the built
         hardware reports in its configuration registers.
     batch_size : int
-        Images per accelerator run: one weight load serves the whole batch.
+        Samples per accelerator run: one weight load serves the whole batch.
     max_cycles : int
         Watchdog per program on the RTL backends.
     workers : int, optional
@@ -210,8 +237,9 @@ class Driver:
         :func:`default_workers`: one per core). The other backends always run one batch at a time.
     """
 
-    def __init__(self, qnet, *, backend="verilator", config: HardwareConfig = DEFAULT_CONFIG, batch_size=32,
+    def __init__(self, model, *, backend="verilator", config: HardwareConfig = DEFAULT_CONFIG, batch_size=32,
                  max_cycles=50_000_000, workers=None):
+        from .ir import Graph
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -219,7 +247,14 @@ class Driver:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or not 1 <= workers <= 256):
             raise ValueError(f"Workers must be an integer from 1 to 256 (or None for one per core), not {workers!r}")
-        self.qnet = qnet
+        if isinstance(model, Graph):
+            if len(model.inputs) != 1:
+                raise ValueError(f"the driver runs graphs with one input; {model.name!r} has {len(model.inputs)}: "
+                                 f"{list(model.inputs)}")
+            self.qnet, self.graph = None, model
+        else:
+            compile_network(model, config)      # the legacy checks and their messages
+            self.qnet, self.graph = model, Graph.from_quantized_network(model)
         self.backend = backend
         self.batch_size = batch_size
         self.workers = (workers or default_workers()) if backend in PARALLEL_BACKENDS else 1
@@ -237,31 +272,49 @@ class Driver:
             self._torch = TorchInt8()
             self.note = self._torch.note
         self.config = self._executors[0].config if self._executors else config
-        self.compiled = compile_network(qnet, self.config)
+        self.compiled = compile_graph(self.graph, self.config)
+
+    def quantize_input(self, x) -> np.ndarray:
+        """The int8 model input of ``x``: a legacy network's images (uint8 pixels or floats) through its own
+        quantization; for a graph, int8 as it is, floats quantized with the input tensor's scale and zero point."""
+        if self.qnet is not None:
+            return self.qnet.quantize_input(x)
+        t = self.graph.input
+        x = np.asarray(x)
+        if x.shape[1:] != t.shape:
+            raise ValueError(f"inputs must have shape (N, {', '.join(map(str, t.shape))}) for this model, "
+                             f"not {x.shape}")
+        if x.dtype == np.int8:
+            return x
+        if np.issubdtype(x.dtype, np.floating):
+            return t.quant.quantize(x)
+        raise ValueError(f"inputs must be int8 (already quantized) or real numbers, not {x.dtype}")
 
     def run(self, images, *, progress=None, on_program=None) -> Inference:
-        """int8 logits for uint8 ``images`` (N, H, W[, C]).
+        """int8 outputs for a batch of inputs (see :meth:`quantize_input`).
 
         ``progress(done, total, cycles)`` is called after each batch, in batch order. ``on_program(step, program,
         counters)`` is called for every accelerator program run (from the worker threads on a parallel backend);
         ``counters`` are the hardware counters (None where the backend has none).
         """
-        x_all = self.qnet.quantize_input(images)
+        x_all = self.quantize_input(images)
         start = time.perf_counter()
         layers = [LayerStats(s.name, s.kind, s.target) for s in self.compiled.steps]
         batches = [x_all[b0:b0 + self.batch_size] for b0 in range(0, len(x_all), self.batch_size)]
-        outputs = []
+        outputs = {name: [] for name in self.graph.outputs}
         done = 0
         for y, stats in self._batch_results(batches, on_program):
             for total, part in zip(layers, stats):
                 total.merge(part)
-            outputs.append(y)
-            done += len(y)
+            for name in outputs:
+                outputs[name].append(y[name])
+            done += len(y[self.graph.outputs[0]])
             if progress is not None:
                 progress(done, len(x_all), sum(s.cycles or 0 for s in layers))
-        logits = np.concatenate(outputs).reshape(len(x_all), -1)
+        outs = {name: np.concatenate(parts) for name, parts in outputs.items()}
+        logits = outs[self.graph.outputs[0]].reshape(len(x_all), -1)
         return Inference(backend=self.backend, logits=logits, layers=layers, wall_s=time.perf_counter() - start,
-                         config=self.config, note=self.note, workers=self.workers)
+                         config=self.config, note=self.note, workers=self.workers, outputs=outs)
 
     def _batch_results(self, batches, on_program):
         """(output, per-layer stats) of every batch, in batch order."""
@@ -292,35 +345,44 @@ class Driver:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_batch(self, x, executor, on_program):
+        from .kernels import graph_forward
         stats = [LayerStats(s.name, s.kind, s.target) for s in self.compiled.steps]
+        n = len(x)
         if self.backend in ("cpu", "model"):
             t0 = time.perf_counter()
-            n = len(x)
-            x = int8_forward(self.qnet, x)
+            _, values = graph_forward(self.graph, x, return_tensors=True)
             predicted = self.compiled.predicted_cycles(n) if self.backend == "model" else {}
             for layer, step in zip(stats, self.compiled.steps):
                 layer.macs += step.macs(n)
                 if step.name in predicted:
                     layer.cycles = predicted[step.name]
             stats[0].host_s = stats[0].wall_s = time.perf_counter() - t0
-            return x, stats
+            return {name: values[name] for name in self.graph.outputs}, stats
+        values = {self.graph.inputs[0]: x}
         for layer, step in zip(stats, self.compiled.steps):
             t0 = time.perf_counter()
-            x = self._run_step(step, layer, x, executor, on_program)
+            inputs = [values[t] for t in step.node.inputs]
+            values[step.node.output] = self._run_step(step, layer, inputs, executor, on_program)
+            layer.macs += step.macs(n)
             layer.wall_s = time.perf_counter() - t0
             layer.host_s = layer.wall_s - layer.sim_s
-        return x, stats
+        return {name: values[name] for name in self.graph.outputs}, stats
 
-    def _run_step(self, step, stats, x, executor, on_program):
+    def _run_step(self, step, stats, inputs, executor, on_program):
         if step.target == "host":
-            return self.compiled.run_host(step, x)
-        stats.macs += step.macs(len(x))
+            return self.compiled.run_host(step, inputs)
+        (x,) = inputs
         if self.backend == "gpu":
             ops = self.compiled.gemm_operands(step, x)
             t0 = time.perf_counter()
-            y = self._torch.quantized_gemm(**ops)
+            if step.raw:
+                c = self._torch.gemm_int32(ops["a"], ops["w"]).astype(np.int64) + ops["bias"].astype(np.int64)
+                from sim.arith import wrap_int32
+                y = self.compiled.finish(step, wrap_int32(c), len(x))
+            else:
+                y = self._torch.quantized_gemm(**ops).reshape((len(x),) + tuple(step.output_shape))
             stats.sim_s += time.perf_counter() - t0
-            return y.reshape((len(x),) + tuple(step.output_shape))
+            return y
         program = self.compiled.lower(step, x)
         t0 = time.perf_counter()
         dram, counters = executor(program)

@@ -34,7 +34,7 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
     return (size + pad_before + pad_after - kernel) // stride + 1
 
 
-def im2col(x, kernel, stride=(1, 1), padding_amounts=(0, 0, 0, 0), pad_value=0) -> np.ndarray:
+def im2col(x, kernel, stride=(1, 1), padding_amounts=(0, 0, 0, 0), pad_value=0, dilation=(1, 1)) -> np.ndarray:
     """Extract convolution patches of an NHWC tensor as the rows of a matrix.
 
     Parameters
@@ -48,6 +48,8 @@ def im2col(x, kernel, stride=(1, 1), padding_amounts=(0, 0, 0, 0), pad_value=0) 
     pad_value : scalar
         Fill value of the padding: the input zero point on the int8 path, so padded taps contribute
         ``w * (Z_in - Z_in) = 0`` once the zero point is folded into the bias.
+    dilation : int or (int, int)
+        Spacing of the kernel taps (1: adjacent).
 
     Returns
     -------
@@ -60,6 +62,7 @@ def im2col(x, kernel, stride=(1, 1), padding_amounts=(0, 0, 0, 0), pad_value=0) 
         raise ValueError(f"im2col needs an NHWC tensor of 4 dimensions, not shape {x.shape}")
     kh, kw = _pair("kernel", kernel, minimum=1)
     sh, sw = _pair("stride", stride, minimum=1)
+    dh, dw = _pair("dilation", dilation, minimum=1)
     pads = tuple(padding_amounts)
     if len(pads) != 4 or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 0
                                  for p in pads):
@@ -74,15 +77,17 @@ def im2col(x, kernel, stride=(1, 1), padding_amounts=(0, 0, 0, 0), pad_value=0) 
     if any(pads):
         x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="constant", constant_values=pad_value)
     n, h, w, c = x.shape
-    if h < kh or w < kw:
-        raise ValueError(f"im2col kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-    oh = (h - kh) // sh + 1
-    ow = (w - kw) // sw + 1
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if h < ekh or w < ekw:
+        raise ValueError(f"im2col kernel {kh}x{kw} is larger than the padded input {h}x{w}"
+                         + (f" (dilation {dh}x{dw})" if (dh, dw) != (1, 1) else ""))
+    oh = (h - ekh) // sh + 1
+    ow = (w - ekw) // sw + 1
     s_n, s_h, s_w, s_c = x.strides
     # A read-only view (n, oh, ow, kh, kw, c) of the padded input; the reshape makes the single copy, with the
     # channel axis innermost so the copy streams through contiguous memory.
     patches = np.lib.stride_tricks.as_strided(
-        x, shape=(n, oh, ow, kh, kw, c), strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c), writeable=False)
+        x, shape=(n, oh, ow, kh, kw, c), strides=(s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c), writeable=False)
     return patches.reshape(n * oh * ow, kh * kw * c)
 
 

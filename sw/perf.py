@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from hw.isa import HardwareConfig
 
-__all__ = ["mnist_cycles_per_image", "network_macs_per_image"]
+__all__ = ["mnist_cycles_per_image", "network_macs_per_image", "MEASURED_FMAX_MHZ", "measured_fmax_mhz"]
+
+#: Fmax measured by the open FPGA flow (`make synth`, Yosys + nextpnr, LFE5U-85F speed grade 6, seed 1, router1,
+#: pin ring included, 64-bit AXI bus) at commit f2b4147: README.md "On an FPGA" and docs/fpga.md. The one place
+#: the software takes these figures from (latency = cycles / Fmax); re-measure with `make synth ROWS= COLS=`.
+MEASURED_FMAX_MHZ = {("ecp5-85k", 4, 4): 82.6, ("ecp5-85k", 8, 8): 74.9, ("ecp5-85k", 16, 16): 54.7}
+
+
+def measured_fmax_mhz(rows: int, cols: int, target: str = "ecp5-85k") -> float | None:
+    """The measured Fmax (MHz) of a ``rows`` x ``cols`` accelerator on ``target``, or None if never measured."""
+    return MEASURED_FMAX_MHZ.get((target, rows, cols))
 
 
 def mnist_cycles_per_image(rows: int, cols: int, *, images: int = 32, bus_bytes: int = 8) -> float:

@@ -37,6 +37,7 @@ class TorchInt8:
         exact = (ta @ tw).round().to(torch.int64).cpu().numpy()
         return wrap_int32(exact)
 
-    def quantized_gemm(self, *, a, w, bias, multiplier, shift, zero_point, act_min, act_max) -> np.ndarray:
+    def quantized_gemm(self, *, a, w, bias, multiplier, shift, zero_point, act_min, act_max,
+                       rounding="double") -> np.ndarray:
         acc = wrap_int32(self.gemm_int32(a, w).astype(np.int64) + np.asarray(bias, dtype=np.int64))
-        return requantize(acc, multiplier, shift, zero_point, act_min, act_max)
+        return requantize(acc, multiplier, shift, zero_point, act_min, act_max, rounding)

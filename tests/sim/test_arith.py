@@ -113,3 +113,60 @@ def test_quantized_gemm_hand_computed():
     # col 1 (M = 0.25, double rounding): 93 -> SRDHM 46.5 -> 47 -> RDBPOT 23.5 -> 24 (a single rounding gives 23);
     # -17 -> SRDHM -8.5 -> -8 (negative half toward zero) -> RDBPOT -4; then + 1.
     assert out.tolist() == [[26, 25], [59, -3]]
+
+
+# ---- TFLite / gemmlowp primitives of the imported models (bit-exactness against LiteRT: tests/sw/frontends)
+
+
+def test_quantize_multiplier_rounds_halves_away_and_flushes_like_tflite():
+    from sim.arith import quantize_multiplier
+    # q * 2**31 = 2**30 + 0.5 exactly: std::round goes up (Python's round would go to even).
+    m0, sh = quantize_multiplier([(2 ** 30 + 0.5) / 2 ** 31])
+    assert (int(m0[0]), int(sh[0])) == (2 ** 30 + 1, 0)
+    # Below 2**-32 the shift would pass -31: TFLite flushes to (0, 0).
+    m0, sh = quantize_multiplier([2.0 ** -33, 2.0 ** -31])
+    assert list(m0) == [0, 1 << 30] and list(sh) == [0, -30]
+
+
+def test_single_rounding_formula():
+    from sim.arith import multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_single_round
+    x = np.arange(-3000, 3000, dtype=np.int64)
+    m, s = 1 << 30, -3                      # x * 0.5 / 8 = x / 16
+    single = multiply_by_quantized_multiplier_single_round(x, m, s)
+    np.testing.assert_array_equal(single, np.floor(x / 16 + 0.5).astype(np.int32))   # halves toward +inf
+    double = multiply_by_quantized_multiplier(x, m, s)
+    # Double rounding: SRDHM halves (negative halves toward zero), then RDBPOT away from zero.
+    expect = rdbpot(srdhm(x, m), 3)
+    np.testing.assert_array_equal(double, expect)
+    assert np.any(single != double)
+    with pytest.raises(ValueError, match="single-rounding shift"):
+        multiply_by_quantized_multiplier_single_round(x, m, 31)
+
+
+def test_gemmlowp_exp_and_reciprocal_approximate_the_real_functions():
+    from sim.arith import (exp_on_negative_values, get_reciprocal, one_over_one_plus_x_for_x_in_0_1,
+                           rounding_half_sum, saturating_rounding_multiply_by_pot)
+    a = np.linspace(-31.9, -0.001, 4001)
+    raw = np.round(a * 2 ** 26).astype(np.int64)               # Q5.26
+    got = exp_on_negative_values(raw, 5).astype(np.float64) / 2 ** 31
+    # gemmlowp's polynomial and barrel shifter are good to about 2**-22 (bit-exactness: tests/sw/frontends).
+    np.testing.assert_allclose(got, np.exp(raw / 2 ** 26), atol=2.0 ** -21)
+    assert exp_on_negative_values(np.array([0]), 5)[0] == INT32_MAX
+    x = np.linspace(0, 0.999, 999)
+    raw = np.round(x * 2 ** 31).astype(np.int64)
+    got = one_over_one_plus_x_for_x_in_0_1(raw).astype(np.float64) / 2 ** 31
+    np.testing.assert_allclose(got, 1 / (1 + raw / 2 ** 31), atol=2e-9)
+    # GetReciprocal of a Q12.19 sum s: value in [0.5, 1) times 2**-num_bits_over_unit ~ 1/s.
+    s = np.array([1 << 19, 3 << 19, 1000 << 19, (1 << 19) + 12345])
+    recip, bits = get_reciprocal(s, 12)
+    np.testing.assert_allclose(recip / 2 ** 31 * 2.0 ** -bits, 2 ** 19 / s, rtol=1e-8)
+    assert list(rounding_half_sum([3, -3, 4], [0, 0, 1])) == [2, -2, 3]
+    assert list(saturating_rounding_multiply_by_pot([1 << 29, -(1 << 29), 5], 2)) == [INT32_MAX, INT32_MIN, 20]
+
+
+def test_preprocess_softmax_scaling():
+    from sim.arith import calculate_input_radius, preprocess_softmax_scaling
+    m0, left, diff_min = preprocess_softmax_scaling(1.0, 0.1, 5)
+    # 0.1 * 2**26 = 6710886.4 = 0.8 * 2**23: shift 23, M0 = round(0.8 * 2**31).
+    assert (m0, left) == (round(0.8 * 2 ** 31), 23)
+    assert diff_min == -calculate_input_radius(5, 23) == -((31 * 2 ** 26) // 2 ** 23)

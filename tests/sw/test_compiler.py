@@ -67,3 +67,33 @@ def test_network_macs_per_image_counts_what_the_compiler_runs(seed):
         else:
             x = compiled.run_host(step, x)
     assert network_macs_per_image(network) == macs
+
+
+# ---- the graph IR -----------------------------------------------------------------------------------------------
+
+
+def test_compile_graph_targets_raw_steps_and_listing():
+    from pathlib import Path
+
+    from sw.compiler import CompileError, compile_graph
+    from sw.frontends import load_model
+    root = Path(__file__).resolve().parents[2]
+    graph = load_model(root / "models" / "mlperf-tiny" / "dscnn_kws_int8.tflite")
+    compiled = compile_graph(graph, SMALL)
+    targets = {s.kind: s.target for s in compiled.steps}
+    assert targets == {"conv2d": "accelerator", "fully_connected": "accelerator", "depthwise_conv2d": "host",
+                       "average_pool2d": "host", "reshape": "host", "softmax": "host"}
+    assert [s.name for s in compiled.steps if s.raw] == ["fully_connected_11"]     # single rounding: raw int32
+    accel, total = compiled.macs()
+    assert total == sum(graph.macs().values()) and accel == total - 4 * 72_000
+    predicted = compiled.predicted_cycles(2)
+    assert set(predicted) == {s.name for s in compiled.steps if s.target == "accelerator"}
+    assert all(c > 0 for c in predicted.values())
+    assert compiled.choose_batch((1, 2)) in (1, 2)
+    assert compiled.steps[0].gemm_shape(2) == (2 * 25 * 5, 10 * 4 * 1, 64)
+    listing = compiled.listing(1)
+    assert "GEMM M=125 K=40 N=64" in listing and "raw" in listing and "depthwise_conv2d  host" in listing
+    with pytest.raises(CompileError, match="host only"):
+        compile_graph(graph, SMALL, depthwise="accelerator")
+    with pytest.raises(TypeError, match="sw.ir.Graph"):
+        compile_graph(object(), SMALL)

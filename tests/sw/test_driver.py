@@ -154,3 +154,30 @@ def test_model_backend_gives_cpu_logits_and_the_rtl_cycles(seed):
     got = {layer.name: layer.cycles for layer in model.layers if layer.target == "accelerator"}
     want = {layer.name: layer.cycles for layer in rtl.layers if layer.target == "accelerator"}
     assert got == want, f"seed {seed}: model cycles {got}, RTL {want}"
+
+
+def test_driver_on_a_graph_quantizes_float_inputs_and_checks_shapes():
+    from pathlib import Path
+
+    from sw import ir
+    from sw.kernels import graph_forward
+    from sw.model_io import load_quantized
+    root = Path(__file__).resolve().parents[2]
+    graph = ir.Graph.from_quantized_network(load_quantized(root / "models" / "mnist_int8.npz"))
+    driver = Driver(graph, backend="cpu", config=SMALL)
+    real = np.random.default_rng(4).uniform(0, 1, (3, 28, 28, 1)).astype(np.float32)
+    q = graph.input.quant.quantize(real)
+    result = driver.run(real)
+    np.testing.assert_array_equal(result.logits, graph_forward(graph, q))
+    assert result.outputs[graph.outputs[0]].shape == (3, 10)
+    assert result.accelerator_share == 1.0 and result.macs == 3 * sum(graph.macs().values())
+    with pytest.raises(ValueError, match="must have shape"):
+        driver.run(real[:, :5])
+    with pytest.raises(ValueError, match="int8 .* or real numbers"):
+        driver.run(np.zeros((1, 28, 28, 1), np.uint16))
+    two = ir.Graph(tensors=[ir.Tensor("a", (4,), ir.Quant(1.0, 0)), ir.Tensor("b", (4,), ir.Quant(1.0, 0)),
+                            ir.Tensor("c", (4,), ir.Quant(1.0, 0))], inputs=("a", "b"), outputs=("c",),
+                   nodes=[ir.Add(name="add", inputs=("a", "b"), outputs=("c",), input1_multiplier=1 << 30,
+                                 input2_multiplier=1 << 30, output_multiplier=1 << 30)])
+    with pytest.raises(ValueError, match="one input"):
+        Driver(two, backend="cpu")
