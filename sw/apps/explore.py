@@ -97,23 +97,25 @@ class Point:
 
 @lru_cache(maxsize=4)
 def _model(path: str):
-    """The model at ``path`` as something ``compile`` takes: a sw.ir.Graph where the importers are present, else
-    the legacy quantized network."""
-    try:
-        from sw.frontends import load_model
-    except ImportError:
+    """The model at ``path``: a legacy quantized network for ``.npz`` files (what :class:`sw.driver.Driver` runs
+    with that network's own input quantization), else the :class:`sw.ir.Graph` of its importer."""
+    if Path(path).suffix == ".npz":
         from sw.model_io import load_quantized
         return load_quantized(path)
+    from sw.frontends import load_model
     return load_model(path)
 
 
+def _graph(model):
+    from sw.ir import Graph
+    return model if isinstance(model, Graph) else Graph.from_quantized_network(model)
+
+
 def compile_model(path, config: HardwareConfig):
-    """The compiled network of the model file ``path`` for ``config``."""
-    model = _model(str(path))
-    from sw import compiler
-    if hasattr(compiler, "compile_graph") and type(model).__name__ == "Graph":
-        return compiler.compile_graph(model, config)
-    return compiler.compile_network(model, config)
+    """The compiled graph of the model file ``path`` for ``config`` (the same steps, names and tilings as the
+    driver runs)."""
+    from sw.compiler import compile_graph
+    return compile_graph(_graph(_model(str(path))), config)
 
 
 def evaluate_cycles(job) -> dict:
@@ -624,8 +626,9 @@ def sample_inputs(model_path, n: int):
     if Path(model_path).resolve() == DEFAULT_MODEL.resolve():
         from sw.mnist import load_mnist
         return load_mnist("test")[0][:n]
-    shape = tuple(getattr(model, "input_shape", None) or model.network.input_shape)
-    return np.random.default_rng(0).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    if hasattr(model, "network"):      # a legacy network: uint8 images through its own input quantization
+        return np.random.default_rng(0).integers(0, 256, size=(n, *model.network.input_shape), dtype=np.uint8)
+    return np.random.default_rng(0).integers(-128, 128, size=(n, *model.input.shape), dtype=np.int8)
 
 
 # ---------------------------------------------------------------------------------------------------------------

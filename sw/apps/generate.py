@@ -71,12 +71,15 @@ def _layer_operands(compiled, step, batch):
     return compiled.gemm_operands(step, x)
 
 
+def _raw(step) -> bool:
+    return bool(getattr(step, "raw", False))
+
+
 def generate_bundle(model_path, point, out_dir, *, target="ecp5-85k", build_dir="build", say=None) -> dict:
     """Write the bundle (module docstring) for ``point`` and the model at ``model_path``; return its manifest."""
     from hw.generate import generate_accelerator
     from sim.isa_sim import IsaSimulator  # noqa: F401 - the disassembler's package must import
     from sim.programs import gemm_program
-    from sw.compiler import choose_tiling
 
     from .explore import compile_model, fmax_estimate, measured_fmax
     say = say or (lambda line: None)
@@ -100,8 +103,8 @@ def generate_bundle(model_path, point, out_dir, *, target="ecp5-85k", build_dir=
         ops = _layer_operands(compiled, step, batch)
         shape = step.gemm_shape(batch)
         program = gemm_program(ops["a"], ops["w"], ops["bias"], ops["multiplier"], ops["shift"],
-                               ops["zero_point"], ops["act_min"], ops["act_max"], False, config=cfg, base=base,
-                               with_expected=False, tiling=choose_tiling(*shape, cfg))
+                               ops["zero_point"], ops["act_min"], ops["act_max"], _raw(step), config=cfg, base=base,
+                               with_expected=False, tiling=compiled.tiling(step, batch))
         end = program.c_addr + program.c_nbytes
         blobs.append((base, program.dram[base:end]))
         layers.append({"name": step.name, "kind": step.kind, "gemm_mkn": list(shape),
@@ -109,6 +112,7 @@ def generate_bundle(model_path, point, out_dir, *, target="ecp5-85k", build_dir=
                        "a_addr": program.a_addr, "a_shape": [shape[0], shape[1]],
                        "w_addr": program.w_addr, "param_addr": program.param_addr, "c_addr": program.c_addr,
                        "c_shape": list(program.c_shape), "c_dtype": str(np.dtype(program.c_dtype)),
+                       "raw_int32": _raw(step),
                        "region": [base, end]})
         (out / "programs" / f"{step.name}.txt").write_text(program.listing() + "\n")
         base = (end + LAYER_ALIGN - 1) // LAYER_ALIGN * LAYER_ALIGN
@@ -272,31 +276,32 @@ def check_bundle(directory, *, backend="verilator", batches=1, images=None) -> d
     n = point.batch * batches
     inputs = images if images is not None else sample_inputs(model_path, n)
     from .explore import _model
-    qnet = _model(str(model_path))
-    x_all = qnet.quantize_input(inputs)
-    logits, cycles_ok, mismatch, measured = [], True, None, {}
-    for b0 in range(0, len(x_all), point.batch):
-        x = x_all[b0:b0 + point.batch]
-        if len(x) != point.batch:
-            break
+    cpu = Driver(_model(str(model_path)), backend="cpu", config=point.config, batch_size=point.batch)
+    x_all = cpu.quantize_input(inputs)
+    graph = compiled.graph
+    outputs, measured, mismatch = [], {}, None
+    for b0 in range(0, len(x_all) - point.batch + 1, point.batch):
+        values = {graph.inputs[0]: x_all[b0:b0 + point.batch]}
         for step in compiled.steps:
+            ins = [values[t] for t in step.node.inputs]
             if step.target == "accelerator":
-                a = compiled.gemm_operands(step, x)["a"]
-                c, counters = bundle.run_layer(acc, step.name, a)
+                (x,) = ins
+                c, counters = bundle.run_layer(acc, step.name, compiled.gemm_operands(step, x)["a"])
                 measured.setdefault(step.name, []).append(counters["CYCLES"])
-                x = c.reshape((len(x),) + tuple(step.output_shape))
+                values[step.node.output] = compiled.finish(step, c, len(x))
             else:
-                x = compiled.run_host(step, x)
-        logits.append(x.reshape(len(x), -1))
-    logits = np.concatenate(logits)
-    reference = Driver(qnet, backend="cpu", config=point.config, batch_size=point.batch).run(inputs[:len(logits)])
+                values[step.node.output] = compiled.run_host(step, ins)
+        outputs.append(values[graph.outputs[0]].reshape(point.batch, -1))
+    logits = np.concatenate(outputs)
+    reference = cpu.run(inputs[:len(logits)])
     outputs_ok = bool(np.array_equal(logits, reference.logits))
     if not outputs_ok:
         i, j = map(int, np.argwhere(logits != reference.logits)[0])
         mismatch = f"input {i}, output {j}: bundle {int(logits[i, j])}, reference {int(reference.logits[i, j])}"
+    cycles_ok = True
     predicted = report["predicted_cycles"]["layers"]
-    for name, values in measured.items():
-        if any(v != predicted[name] for v in values):
+    for name, cycles in measured.items():
+        if any(v != predicted[name] for v in cycles):
             cycles_ok = False
     return {"ok": outputs_ok and cycles_ok, "backend": backend, "inputs": int(len(logits)),
             "outputs_equal_reference": outputs_ok, "first_mismatch": mismatch,
