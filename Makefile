@@ -12,7 +12,8 @@ ACC_DEPTH ?= 512
 EXTRAS ?= torch,fpga,plot,model,cluster
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check
+.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check \
+	explore explore-scaling resource-model
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -97,3 +98,18 @@ tiny: $(STAMP)
 # The acceptance campaign: 100 seeded inputs per model on every fast backend, every output element vs LiteRT.
 tiny-check: $(STAMP)
 	$(PY) -m sw.apps.tiny --backend cpu,golden,gpu,verilator --n 100 --arrays 8x8 --out build/reports/tiny-check.json
+
+# Design-space exploration (docs/explore.md): the Pareto frontier of a model on TARGET and the verified recommendation.
+MODEL ?= models/mnist_int8.npz
+EXPLORE_OPTS ?=
+explore: $(STAMP)
+	$(PY) -m sw.apps.explore $(MODEL) --target $(TARGET) $(EXPLORE_OPTS)
+
+# The explore view of the scaling study: the MNIST CNN and the MLPerf Tiny models against array size.
+explore-scaling: $(STAMP)
+	$(PY) -m sw.apps.explore models/mnist_int8.npz --scaling --target $(TARGET) \
+		--also models/mlperf-tiny/dscnn_kws_int8.tflite,models/mlperf-tiny/resnet8_cifar10_int8.tflite
+
+# Refit the resource model to Yosys runs (hw/fpga/data/resource_model-$(TARGET).json; runs cached in build/).
+resource-model: $(STAMP)
+	$(PY) -m hw.fpga.resource_model fit --target $(TARGET) --workers $(PYTEST_WORKERS)

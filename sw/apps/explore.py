@@ -269,9 +269,10 @@ def recommend(rows: list[dict], budget: Budget, tolerance: float = 0.05) -> tupl
     if best is fastest:
         why += f"no point within {100 * tolerance:.0f}% of its throughput is cheaper"
     else:
+        saved = fastest["resources"]["packed_luts"] - best["resources"]["packed_luts"]
         why += (f"{best['label']} reaches {100 * best['fps'] / fastest['fps']:.1f}% of it "
-                f"({best['fps']:,.0f} inferences/s) with {fastest['resources']['packed_luts'] - best['resources']['packed_luts']:,} "
-                f"fewer LUTs, the cheapest point within {100 * tolerance:.0f}% (--tolerance)")
+                f"({best['fps']:,.0f} inferences/s) with {saved:,} fewer LUTs, the cheapest point within "
+                f"{100 * tolerance:.0f}% (--tolerance)")
     return best, why
 
 
@@ -727,7 +728,8 @@ def run(args) -> int:
     errs = result["resource_model"]["errors"]
     print(f"resources: fitted model, held-out error LUTs {errs['luts']['held_out_max_abs_pct']:.1f}%, flops "
           f"{errs['ffs']['held_out_max_abs_pct']:.1f}%, DSP {errs['dsp']['held_out_max_abs_pct']:.1f}%, BRAM "
-          f"{errs['bram']['held_out_max_abs_pct']:.1f}% (max); LUTs packed = Yosys x {result['resource_model']['packing']:.3f}")
+          f"{errs['bram']['held_out_max_abs_pct']:.1f}% (max); LUTs packed = Yosys x "
+          f"{result['resource_model']['packing']:.3f}")
     print(f"{result['in_budget']} points fit the budget "
           f"({', '.join(f'{k} {v:,}' for k, v in result['budget'].items() if v is not None)})")
     if result["recommended"] is None:
