@@ -150,3 +150,17 @@ def test_bad_options_are_one_line(tiny_model, capsys):
     assert main(["no/such/model.npz", "--no-verify"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "quantum" in err and "not found" in err
+
+
+def test_flow_builds_and_names_other_accelerator_parameters():
+    from hw.fpga.flow import build_design, params_tag, report_path
+    acc = build_design("accelerator", rows=2, cols=2, accelerator_params={"data_width": 128, "act_depth": 1024})
+    assert acc.config.bus_bytes == 16 and acc.config.act_depth == 1024
+    assert params_tag({}) == "" and params_tag({"data_width": 128, "act_depth": 1024}) == "-a1024-bus128"
+    assert report_path("ecp5-85k", "accelerator", 2, 2).name == "synth-ecp5-85k-2x2.json"
+    assert report_path("ecp5-85k", "accelerator", 2, 2, accelerator_params={"data_width": 32}).name == \
+        "synth-ecp5-85k-2x2-bus32.json"
+    with pytest.raises(ValueError, match="acc_depth"):
+        params_tag({"acc_depth": 256})
+    point = Point(4, 4, bus_bytes=16, act_depth=1024)
+    assert point.flow_params == {"act_depth": 1024, "data_width": 128}
