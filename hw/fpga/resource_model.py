@@ -132,7 +132,8 @@ class ResourceModel:
 
 #: Placed-and-routed designs (nextpnr's packed TRELLIS_COMB against Yosys's LUT4-equivalents of the same netlist),
 #: at f2b4147 (docs/fpga.md); explore's --verify adds its own.
-PACKING = {"ecp5-85k": [{"config": "4x4", "yosys_luts": 12776, "packed_luts": 15042}]}
+PACKING = {"ecp5-85k": [{"config": "4x4", "yosys_luts": 12776, "packed_luts": 15042},
+                        {"config": "8x8", "yosys_luts": 22925, "packed_luts": 27029}]}
 
 
 def _least_squares(rows: list[list[float]], values: list[float]) -> list[float]:
