@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 ROWS ?= 8
 COLS ?= 8
 ACC_DEPTH ?= 512
-# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, model (importers).
-EXTRAS ?= torch,fpga,plot,model
+# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, model (importers),
+# cluster (Dask distributed sweeps).
+EXTRAS ?= torch,fpga,plot,model,cluster
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check
+.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check \
+	explore explore-scaling resource-model
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -110,3 +112,18 @@ onnx-agreement: $(STAMP)
 ifdef VERILATOR_BUILD
 export SYSTOLIC8_VERILATOR_BUILD := $(VERILATOR_BUILD)
 endif
+
+# Design-space exploration (docs/explore.md): the Pareto frontier of a model on TARGET and the verified recommendation.
+MODEL ?= models/mnist_int8.npz
+EXPLORE_OPTS ?=
+explore: $(STAMP)
+	$(PY) -m sw.apps.explore $(MODEL) --target $(TARGET) $(EXPLORE_OPTS)
+
+# The explore view of the scaling study: the MNIST CNN and the MLPerf Tiny models against array size.
+explore-scaling: $(STAMP)
+	$(PY) -m sw.apps.explore models/mnist_int8.npz --scaling --target $(TARGET) \
+		--also models/mlperf-tiny/dscnn_kws_int8.tflite,models/mlperf-tiny/resnet8_cifar10_int8.tflite
+
+# Refit the resource model to Yosys runs (hw/fpga/data/resource_model-$(TARGET).json; runs cached in build/).
+resource-model: $(STAMP)
+	$(PY) -m hw.fpga.resource_model fit --target $(TARGET) --workers $(PYTEST_WORKERS)

@@ -74,10 +74,22 @@ def _store_disk_cache(key: str, value: dict) -> None:
     cache = _disk_cache()
     cache[key] = value
     try:
+        import fcntl
         PREDICTION_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = PREDICTION_CACHE.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, sort_keys=True))
-        os.replace(tmp, PREDICTION_CACHE)
+        # Parallel sweeps (sw.sweep) write from several processes: merge what the others stored since this one
+        # read the file, under a lock, instead of overwriting their entries with this process's view.
+        with open(PREDICTION_CACHE.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                on_disk = json.loads(PREDICTION_CACHE.read_text())
+            except (OSError, ValueError):
+                on_disk = {}
+            if isinstance(on_disk, dict):
+                for k, v in on_disk.items():
+                    cache.setdefault(k, v)
+            tmp = PREDICTION_CACHE.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, sort_keys=True))
+            os.replace(tmp, PREDICTION_CACHE)
     except OSError:
         pass    # a read-only checkout only loses the cache
 

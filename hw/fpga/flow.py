@@ -124,9 +124,14 @@ def resolve_pe_multiplier(pe_multiplier, target) -> str:
 
 
 def build_design(design: str = DEFAULT_DESIGN, *, rows: int = 8, cols: int = 8, acc_depth: int | None = None,
-                 dsp_pes: int = 0, pe_multiplier: str = "fabric"):
-    """Construct the named design (``"accelerator"`` or ``"engine"``) with its own parameter validation."""
+                 dsp_pes: int = 0, pe_multiplier: str = "fabric", accelerator_params: dict | None = None):
+    """Construct the named design (``"accelerator"`` or ``"engine"``) with its own parameter validation;
+    ``accelerator_params`` (``act_depth``, ``wgt_depth``, ``param_depth``, ``data_width``) go to the accelerator."""
     extra = {} if acc_depth is None else {"acc_depth": acc_depth}
+    if accelerator_params:
+        if design != "accelerator":
+            raise ValueError(f"accelerator_params apply to the accelerator only, not the {design}")
+        extra.update(accelerator_params)
     extra["dsp_pes"] = dsp_pes
     extra["pe_multiplier"] = pe_multiplier
     if design == "engine":
@@ -143,8 +148,21 @@ def config_label(design: str, rows: int, cols: int) -> str:
     return f"{rows}x{cols}" if design == "accelerator" else f"{rows}x{cols}-{design}"
 
 
-def report_path(target: str, design: str, rows: int, cols: int, build_dir="build") -> Path:
-    return Path(build_dir) / "reports" / f"synth-{target}-{config_label(design, rows, cols)}.json"
+def params_tag(accelerator_params: dict | None) -> str:
+    """Suffix of build folders and reports for non-default accelerator parameters (``""`` for the defaults):
+    ``-a1024-w1024-p64-bus128``."""
+    if not accelerator_params:
+        return ""
+    short = {"act_depth": "a", "wgt_depth": "w", "param_depth": "p", "data_width": "bus"}
+    unknown = set(accelerator_params) - set(short)
+    if unknown:
+        raise ValueError(f"accelerator_params takes {', '.join(short)}, not {', '.join(sorted(unknown))}")
+    return "".join(f"-{short[k]}{accelerator_params[k]}" for k in short if k in accelerator_params)
+
+
+def report_path(target: str, design: str, rows: int, cols: int, build_dir="build", accelerator_params=None) -> Path:
+    label = config_label(design, rows, cols) + params_tag(accelerator_params)
+    return Path(build_dir) / "reports" / f"synth-{target}-{label}.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,7 +438,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
                freq_mhz: float | None = None,
                seed: int = 1, abc9_dff: bool = False,
                bitstream: bool = True, build_dir: str | os.PathLike = "build", timeout_s: float = 3600.0,
-               precheck: bool = True, router: str | None = None, reuse: bool = False, log=None) -> dict:
+               precheck: bool = True, router: str | None = None, reuse: bool = False, log=None,
+               accelerator_params: dict | None = None) -> dict:
     """Run the whole flow for one configuration; return the report (also written to :func:`report_path`).
 
     Parameters
@@ -459,6 +478,10 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         changed.
     log : callable, optional
         Called with one progress line per stage.
+    accelerator_params : dict, optional
+        Other accelerator parameters (``act_depth``, ``wgt_depth``, ``param_depth``, ``data_width``; the
+        accelerator's defaults otherwise), what ``systolic8 explore`` verifies; they name the build folder and
+        the report (:func:`params_tag`) and are recorded.
 
     Raises
     ------
@@ -481,14 +504,15 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
         raise ValueError(f"nextpnr router must be 'router1' or 'router2', not {router!r}")
     dsp_pes = resolve_dsp_pes(dsp_pes, tgt, rows, cols)
     pe_multiplier = resolve_pe_multiplier(pe_multiplier, tgt)
+    accelerator_params = dict(accelerator_params or {})
     component = build_design(design, rows=rows, cols=cols, acc_depth=acc_depth,  # validates the parameters
-                             dsp_pes=dsp_pes, pe_multiplier=pe_multiplier)
-    label = config_label(design, rows, cols)
+                             dsp_pes=dsp_pes, pe_multiplier=pe_multiplier, accelerator_params=accelerator_params)
+    label = config_label(design, rows, cols) + params_tag(accelerator_params)
     config = f"{rows}x{cols} {design}"
     build_dir = Path(build_dir)
     work = build_dir / "fpga" / f"{target}-{label}"
     work.mkdir(parents=True, exist_ok=True)
-    out_report = report_path(target, design, rows, cols, build_dir)
+    out_report = report_path(target, design, rows, cols, build_dir, accelerator_params)
     out_report.parent.mkdir(parents=True, exist_ok=True)
     wall = {}
     t_start = time.monotonic()
@@ -515,7 +539,8 @@ def synthesize(*, target: str = DEFAULT_TARGET, design: str = DEFAULT_DESIGN, ro
     report = {
         "design": design, "target": target, "device": tgt.device, "package": tgt.package,
         "rows": rows, "cols": cols, "acc_depth": acc_depth, "dsp_pes": dsp_pes,
-        "pe_multiplier": pe_multiplier, "seed": seed, "abc9_dff": abc9_dff,
+        "pe_multiplier": pe_multiplier, "accelerator_params": accelerator_params, "seed": seed,
+        "abc9_dff": abc9_dff,
         "router": router or "router1",
         "pin_ring": {"input_bits": ring.input_width, "output_bits": ring.output_width,
                      "flops": ring.flop_count},
