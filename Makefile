@@ -11,7 +11,7 @@ ACC_DEPTH ?= 512
 EXTRAS ?= torch,fpga,plot
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help
+.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help mutate fuzz
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -38,6 +38,8 @@ help:
 	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
 	@echo "make lint     verilator --lint-only on the generated Verilog with lint/verilator.vlt"
 	@echo "make scaling  synthesize SIZES= array sizes: resources, Fmax, MNIST RTL cycles/image, images/s (table + PNG)"
+	@echo "make mutate   mutation score of the RTL tests: catalogue faults in hw/, each run through the tiered suite (MUTANTS=, WORKERS=)"
+	@echo "make fuzz     random programs (golden vs RTL vs cycle model) and random CNNs (cpu vs RTL) (FUZZ_PROGRAMS=, FUZZ_NETWORKS=, SEED=, CONFIGS=)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -84,3 +86,11 @@ scaling: $(STAMP)
 
 clean:
 	rm -rf build sim_build .pytest_cache
+
+# Mutation testing and fuzzing (docs/verification.md); not part of `make test`, which runs a slice of each.
+mutate: $(STAMP)
+	$(PY) -m sim.mutation $(if $(MUTANTS),--mutants '$(MUTANTS)') $(if $(WORKERS),--workers $(WORKERS))
+
+fuzz: $(STAMP)
+	$(PY) -m sim.fuzz $(if $(FUZZ_PROGRAMS),--programs $(FUZZ_PROGRAMS)) $(if $(FUZZ_NETWORKS),--networks $(FUZZ_NETWORKS)) \
+		$(if $(SEED),--seed $(SEED)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(WORKERS),--workers $(WORKERS))
