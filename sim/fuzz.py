@@ -83,6 +83,16 @@ _TOKEN_QUEUES = (  # (producer, its flag, consumer, its flag)
     (Unit.COMPUTE, "push_next", Unit.STORE, "pop_prev"), (Unit.STORE, "push_prev", Unit.COMPUTE, "pop_next"))
 
 
+def _near_page_end(rng, ins):
+    """``ins`` moved (half the time) to start a few bytes before a 4 KiB boundary of its DRAM region, so its
+    rows cross pages (the AXI master splits such bursts)."""
+    if isinstance(ins, (Load, Store)) and rng.random() < 0.5:
+        lo = _LOAD_BASE if isinstance(ins, Load) else _STORE_BASE
+        page = int(rng.integers(lo // 4096 + 1, (lo + 0x4000) // 4096))
+        ins = dataclasses.replace(ins, dram_addr=page * 4096 - int(rng.integers(1, 48)))
+    return ins
+
+
 def _draw(rng, config, longest):
     """One random LOAD/MATMUL/STORE/SYNC without token flags."""
     kind = rng.choice(["load", "matmul", "store", "sync"], p=[0.35, 0.3, 0.15, 0.2])
@@ -264,7 +274,7 @@ def _ordered_stream(rng, config, length, longest):
             place(init)
 
     for _ in range(length):
-        ins = _draw(rng, config, longest)
+        ins = _near_page_end(rng, _draw(rng, config, longest))
         if isinstance(ins, Matmul) and rng.random() < 0.5:
             ins = dataclasses.replace(ins, wgt_addr=int(rng.integers(0, config.wgt_depth - ins.k_rows + 1)))
         initialise(ins)
@@ -325,7 +335,7 @@ def _random_param_entries(rng, dram, config, program):
 
 
 _ILLEGAL_KINDS = ("bitflip", "opcode", "reserved", "range", "deadlock", "overflow", "overrun", "bus_load",
-                  "bus_store", "bus_fetch")
+                  "bus_store", "bus_fetch", "halt_flags", "illegal_and_range", "two_faults")
 
 
 def make_case(seed: int, index: int, config_name: str, *, illegal_fraction: float = 0.3) -> FuzzCase:
@@ -366,7 +376,9 @@ def _make_illegal(rng, case, config, program):
             used |= ((1 << width) - 1) << lsb
         free = [b for b in range(128) if not used >> b & 1]
         words[at] |= 1 << int(rng.choice(free))
-    elif kind == "range":
+    elif kind == "halt_flags":
+        words[-1] |= 1 << int(rng.integers(3, 7))
+    elif kind in ("range", "illegal_and_range"):
         ins = program[at] if at < body else None
         if isinstance(ins, Load):
             ins = dataclasses.replace(ins, **rng.choice([{"y_size": 0}, {"x_size": config.row_bytes(ins.buffer) + 1},
@@ -382,6 +394,25 @@ def _make_illegal(rng, case, config, program):
         else:
             ins = Matmul(count=1, k_rows=0)
         words[at] = encode(ins)
+        if kind == "illegal_and_range":     # both faults in one word: ILLEGAL_INSTRUCTION has priority
+            op = Opcode(words[at] & 7)
+            used = 0
+            for _, lsb, width in FIELDS[op]:
+                used |= ((1 << width) - 1) << lsb
+            words[at] |= 1 << int(rng.choice([b for b in range(128) if not used >> b & 1]))
+    elif kind == "two_faults":
+        # A bus error on the last row of the longest LOAD, and an unknown opcode a few instructions after it: the
+        # dispatcher sees the opcode first, the LOAD's error arrives later; the lower index must win.
+        loads = [(ins.y_size, i) for i, ins in enumerate(program) if isinstance(ins, Load)]
+        if loads:
+            _, li = max(loads)
+            ins = program[li]
+            lo = (ins.dram_addr + (ins.y_size - 1) * ins.stride) % DRAM_BYTES // config.bus_bytes * config.bus_bytes
+            case.bus_errors = [(lo, lo + config.bus_bytes, str(rng.choice(["slverr", "decerr"])))]
+            bad = min(li + int(rng.integers(1, 6)), body)
+            words[bad] = (words[bad] & ~0x7) | 7
+        else:
+            words[at] = (words[at] & ~0x7) | 7
     elif kind == "deadlock":
         flag = {Unit.LOAD: "pop_next", Unit.STORE: "pop_prev"}
         ins = Sync(**[{"unit": Unit.COMPUTE, "pop_prev": True}, {"unit": Unit.COMPUTE, "pop_next": True},
@@ -394,7 +425,11 @@ def _make_illegal(rng, case, config, program):
     elif kind == "overflow":
         unit = Unit(int(rng.integers(3)))
         flag = "push_next" if unit != Unit.STORE else "push_prev"
-        words[min(at, body):min(at, body)] = [encode(Sync(unit=unit, **{flag: True}))] * (TOKEN_MAX + 1)
+        syncs = [encode(Sync(unit=unit, **{flag: True}))] * (TOKEN_MAX + 1)
+        if rng.random() < 0.5:     # the overflowing push also pops, maybe from an empty queue: DEADLOCK first
+            pop = "pop_next" if unit == Unit.LOAD else "pop_prev"
+            syncs[-1] = encode(Sync(unit=unit, **{flag: True, pop: True}))
+        words[min(at, body):min(at, body)] = syncs
     elif kind == "overrun":
         case.prog_len = int(rng.integers(0, len(words)))
     else:

@@ -30,14 +30,16 @@ class Mutant:
     new: str
     what: str
     file: str = ""  # default: hw/<block>.py
+    #: Why the mutant cannot change any output (argued, one line); a survivor with a reason is "equivalent".
+    equivalent: str = ""
 
     @property
     def path(self) -> str:
         return self.file or f"hw/{self.block}.py"
 
 
-def _m(name, block, old, new, what, file=""):
-    return Mutant(name, block, old, new, what, file)
+def _m(name, block, old, new, what, file="", equivalent=""):
+    return Mutant(name, block, old, new, what, file, equivalent)
 
 
 CATALOGUE: tuple[Mutant, ...] = (
@@ -64,9 +66,15 @@ CATALOGUE: tuple[Mutant, ...] = (
     _m("epi-bias-drop", "epilogue", "acc + params.bias[c], signed(32)", "acc + 0 * params.bias[c], signed(32)",
        "the bias is not added"),
     _m("epi-clamp-above", "epilogue", "narrow > above_from[\"right_shift\"]", "narrow >= above_from[\"right_shift\"]",
-       "clamp to act_max one step too early"),
+       "clamp to act_max one step too early",
+       equivalent="at narrow == act_max - zero_point the unclamped output is act_max itself: same byte"),
     _m("epi-clamp-below", "epilogue", "narrow < below_from[\"right_shift\"]", "narrow <= below_from[\"right_shift\"]",
-       "clamp to act_min one step too early"),
+       "clamp to act_min one step too early",
+       equivalent="at narrow == act_min - zero_point the unclamped output is act_min itself: same byte"),
+    _m("epi-clamp-inverted", "epilogue", "above = Mux(fits, narrow_above, ~negative) | inverted[\"clamp_compare\"]",
+       "above = Mux(fits, narrow_above, ~negative)", "inverted bounds (act_min > act_max) no longer give act_max"),
+    _m("epi-clamp-fits", "epilogue", "below = Mux(fits, narrow_below, negative)", "below = narrow_below",
+       "a quotient beyond 10 bits is compared on its low bits (wrong clamp for large values)"),
     _m("epi-zero-point", "epilogue", "quotient[:8] + zero_point[\"right_shift\"]", "quotient[:8]",
        "the output zero point is not added"),
     _m("epi-left-shift", "epilogue", "Mux(shift[-1] | params.raw, 0, shift[:5])", "Mux(shift[-1] | params.raw, 0, shift[:4])",

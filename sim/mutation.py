@@ -107,6 +107,7 @@ def scratch_copy(dest: Path, root: Path = ROOT, files=None) -> Path:
 def _env(tree: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(tree)
+    env["S8_VERILATOR_QUICK"] = "1"      # each mutant's design is built once and runs briefly: build it fast
     env.pop("PYTEST_XDIST_WORKER", None)
     return env
 
@@ -154,13 +155,13 @@ def run_tier(tree: Path, args: list[str], timeout: float) -> dict:
             "seconds": seconds}
 
 
-def run_mutant(mutant: Mutant, baseline: dict, tiers=TIERS, scratch_root=None, files=None) -> dict:
+def run_mutant(mutant: Mutant, baseline: dict, tiers=TIERS, scratch_root=None, files=None, source=ROOT) -> dict:
     """Apply ``mutant`` to a scratch copy and run it through ``tiers``; the result record."""
     start = time.monotonic()
     record = {"mutant": mutant.name, "block": mutant.block, "file": mutant.path, "what": mutant.what}
     tmp = Path(tempfile.mkdtemp(prefix=f"s8-mutant-{mutant.name}-", dir=scratch_root))
     try:
-        tree = scratch_copy(tmp / "tree", files=files)
+        tree = scratch_copy(tmp / "tree", source, files=files)
         try:
             apply(mutant, tree)
         except MutantError as exc:
@@ -182,15 +183,16 @@ def run_mutant(mutant: Mutant, baseline: dict, tiers=TIERS, scratch_root=None, f
             if not outcome["passed"]:
                 return {**record, "status": "killed", "tier": tier, "killed_by": outcome["killed_by"],
                         "detail": outcome.get("detail", ""), "seconds": time.monotonic() - start}
-        return {**record, "status": "survived", "seconds": time.monotonic() - start}
+        status = "equivalent" if mutant.equivalent else "survived"
+        return {**record, "status": status, "detail": mutant.equivalent, "seconds": time.monotonic() - start}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def baseline_verilog(scratch_root=None, files=None) -> dict:
+def baseline_verilog(scratch_root=None, files=None, source=ROOT) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="s8-mutant-baseline-", dir=scratch_root))
     try:
-        tree = scratch_copy(tmp / "tree", files=files)
+        tree = scratch_copy(tmp / "tree", source, files=files)
         verilog = generated_verilog(tree, tmp / "verilog")
         if "error" in verilog:
             raise RuntimeError(f"the unmutated design does not generate: {verilog['error']}")
@@ -200,11 +202,12 @@ def baseline_verilog(scratch_root=None, files=None) -> dict:
 
 
 def score(results: list[dict]) -> dict:
-    counted = [r for r in results if r["status"] in ("killed", "survived")]
+    counted = [r for r in results if r["status"] in ("killed", "survived")]   # equivalent ones excluded
     killed = sum(r["status"] == "killed" for r in counted)
     return {"mutants": len(results), "non_equivalent": len(counted), "killed": killed,
             "survived": len(counted) - killed,
             "not_a_mutant": sum(r["status"] == "not-a-mutant" for r in results),
+            "equivalent": sum(r["status"] == "equivalent" for r in results),
             "stale": sum(r["status"] == "stale" for r in results),
             "score": killed / len(counted) if counted else None}
 
@@ -218,7 +221,8 @@ def markdown(results: list[dict]) -> str:
     if s["score"] is not None:
         lines.append("")
         lines.append(f"Score: {s['killed']} of {s['non_equivalent']} non-equivalent mutants killed "
-                     f"({100 * s['score']:.1f}%); {s['not_a_mutant']} not a mutant, {s['stale']} stale.")
+                     f"({100 * s['score']:.1f}%); {s['equivalent']} equivalent (argued in the fault column), "
+                     f"{s['not_a_mutant']} not a mutant, {s['stale']} stale.")
     return "\n".join(lines) + "\n"
 
 
@@ -249,13 +253,23 @@ def main(argv=None) -> int:
         return 0
     files = tree_files()
     print(f"mutate: {len(mutants)} mutants, tiers {', '.join(tiers)}, {args.workers} workers", flush=True)
-    baseline = baseline_verilog(args.scratch, files)
+    # A snapshot of the tree at the start: edits made while the campaign runs do not leak into later mutants.
+    snapshot_dir = Path(tempfile.mkdtemp(prefix="s8-mutant-snapshot-", dir=args.scratch))
+    source = scratch_copy(snapshot_dir / "tree", ROOT, files=files)
+    try:
+        return _campaign(args, mutants, tiers, files, source)
+    finally:
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
+
+
+def _campaign(args, mutants, tiers, files, source) -> int:
+    baseline = baseline_verilog(args.scratch, files, source)
     results = []
     start = time.monotonic()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
-        futures = {pool.submit(run_mutant, m, baseline, tiers, args.scratch, files): m for m in mutants}
+        futures = {pool.submit(run_mutant, m, baseline, tiers, args.scratch, files, source): m for m in mutants}
         for future in concurrent.futures.as_completed(futures):
             r = future.result()
             results.append(r)
@@ -269,7 +283,7 @@ def main(argv=None) -> int:
     s = score(results)
     print(f"mutate: {s['killed']} of {s['non_equivalent']} non-equivalent mutants killed"
           + (f" ({100 * s['score']:.1f}%)" if s["score"] is not None else "")
-          + f", {s['not_a_mutant']} not a mutant, {s['stale']} stale; survivors: "
+          + f", {s['equivalent']} equivalent, {s['not_a_mutant']} not a mutant, {s['stale']} stale; survivors: "
           + (", ".join(r["mutant"] for r in results if r["status"] == "survived") or "none"))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0 if s["stale"] == 0 else 1
