@@ -85,7 +85,9 @@ CATALOGUE: tuple[Mutant, ...] = (
     _m("eng-forward-ignores-accumulate", "gemm_engine", "use_forward.eq(s1.accumulate & (hit_next | hit_prev))",
        "use_forward.eq(hit_next | hit_prev)", "an overwrite forwards a row written one or two cycles before"),
     _m("eng-forward-priority", "gemm_engine", "forward.eq(Mux(hit_next, write_data, last_write))",
-       "forward.eq(Mux(hit_prev, last_write, write_data))", "the older of two forwarded writes wins"),
+       "forward.eq(Mux(hit_prev, last_write, write_data))", "the older of two forwarded writes wins",
+       equivalent="both hits need three vectors on one row in consecutive cycles, i.e. a one-vector tile with no gap "
+       "either side; tiles shorter than min_overlapped_count (>= 3) always leave gaps, so the Mux orders agree"),
     _m("eng-forward-no-prev", "gemm_engine", "hit_prev.eq(s2.valid & (s2.addr == sideband.addr))",
        "hit_prev.eq(0)", "no forwarding from the write two cycles back"),
     _m("eng-forward-no-next", "gemm_engine", "hit_next.eq(s1.valid & (s1.addr == sideband.addr))",
