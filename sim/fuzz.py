@@ -623,6 +623,18 @@ def save_reproducer(case: FuzzCase, message: str, out_dir: Path) -> Path:
     return out_dir / f"{stem}.json"
 
 
+def load_reproducer(path: Path | str) -> FuzzCase:
+    """The case saved by :func:`save_reproducer` (its DRAM from the ``.npy`` beside it, no pickle)."""
+    path = Path(path)
+    saved = json.loads(path.read_text())
+    if saved["config"] not in CONFIGS:
+        raise ValueError(f"{path}: configuration {saved['config']!r} is not one of {', '.join(CONFIGS)}")
+    dram = np.load(path.parent / saved["dram"], allow_pickle=False)
+    return FuzzCase(saved["config"], saved["seed"], saved["index"], saved["kind"],
+                    [int(w, 16) for w in saved["words"]], dram, saved["prog_addr"], saved["prog_len"],
+                    [tuple(r) for r in saved["bus_errors"]], saved["latency"])
+
+
 # ---- Networks ---------------------------------------------------------------------------------------------------
 
 def check_network(seed: int, index: int, config_name: str, *, images: int = 3) -> dict:
@@ -771,7 +783,22 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=str(ROOT / "build" / "fuzz"))
     parser.add_argument("--report", default=str(ROOT / "build" / "reports" / "fuzz.json"))
+    parser.add_argument("--replay", metavar="JSON", help="run one saved reproducer (build/fuzz/*.json) and exit")
     args = parser.parse_args(argv)
+    if args.replay:
+        try:
+            case = load_reproducer(args.replay)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"fuzz: cannot read the reproducer {args.replay}: {exc}", file=sys.stderr)
+            return 2
+        print(case.listing())
+        try:
+            summary = check_case(case)
+        except (Mismatch, GeneratorError) as exc:
+            print(f"fuzz: still fails: {exc}")
+            return 1
+        print(f"fuzz: passes now ({summary['error']}, {summary['cycles']} cycles)")
+        return 0
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     problems = [c for c in configs if c not in CONFIGS]
     if problems or not configs:

@@ -208,6 +208,7 @@ def score(results: list[dict]) -> dict:
             "survived": len(counted) - killed,
             "not_a_mutant": sum(r["status"] == "not-a-mutant" for r in results),
             "equivalent": sum(r["status"] == "equivalent" for r in results),
+            "pending": sum(r["status"] == "pending" for r in results),
             "stale": sum(r["status"] == "stale" for r in results),
             "score": killed / len(counted) if counted else None}
 
@@ -263,22 +264,43 @@ def main(argv=None) -> int:
 
 
 def _campaign(args, mutants, tiers, files, source) -> int:
+    """Breadth first: every mutant through the block tier, then the survivors through the later tiers, so a
+    campaign cut short still has every mutant's first verdict (the others are ``pending``)."""
     baseline = baseline_verilog(args.scratch, files, source)
-    results = []
     start = time.monotonic()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    order = {m.name: i for i, m in enumerate(CATALOGUE)}
+    by_name = {m.name: m for m in mutants}
+    records = {}
+
+    def publish(r, phase):
+        records[r["mutant"]] = r
+        by = f" by {r['tier']}: {r['killed_by']}" if r["status"] == "killed" else ""
+        print(f"[{phase} {len(records)}/{len(mutants)} {time.monotonic() - start:6.0f}s] {r['mutant']}: "
+              f"{r['status']}{by} ({r['seconds']:.0f} s)", flush=True)
+        results = sorted(records.values(), key=lambda r: order[r["mutant"]])
+        out.write_text(json.dumps({"score": score(results), "results": results}, indent=1) + "\n")
+
+    first = tuple(t for t in tiers if t == "block")
+    later = tuple(t for t in tiers if t != "block")
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
-        futures = {pool.submit(run_mutant, m, baseline, tiers, args.scratch, files, source): m for m in mutants}
+        futures = [pool.submit(run_mutant, m, baseline, first, args.scratch, files, source) for m in mutants]
         for future in concurrent.futures.as_completed(futures):
             r = future.result()
-            results.append(r)
-            by = f" by {r['tier']}: {r['killed_by']}" if r["status"] == "killed" else ""
-            print(f"[{len(results)}/{len(mutants)} {time.monotonic() - start:6.0f}s] {r['mutant']}: "
-                  f"{r['status']}{by} ({r['seconds']:.0f} s)", flush=True)
-            order = {m.name: i for i, m in enumerate(CATALOGUE)}
-            results.sort(key=lambda r: order[r["mutant"]])
-            out.write_text(json.dumps({"score": score(results), "results": results}, indent=1) + "\n")
+            if r["status"] in ("survived", "equivalent") and later:
+                r = {**r, "status": "pending", "detail": "survived the block tier; later tiers pending"}
+            publish(r, "block")
+        pending = [by_name[n] for n, r in sorted(records.items(), key=lambda kv: order[kv[0]])
+                   if r["status"] == "pending"]
+        futures = {pool.submit(run_mutant, m, baseline, later, args.scratch, files, source): m for m in pending}
+        for future in concurrent.futures.as_completed(futures):
+            r = future.result()
+            before = records[r["mutant"]]
+            r["tiers_run"] = before.get("tiers_run", []) + r.get("tiers_run", [])
+            r["seconds"] += before["seconds"]
+            publish(r, "later")
+    results = sorted(records.values(), key=lambda r: order[r["mutant"]])
     out.with_suffix(".md").write_text(markdown(results))
     s = score(results)
     print(f"mutate: {s['killed']} of {s['non_equivalent']} non-equivalent mutants killed"

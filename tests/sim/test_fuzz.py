@@ -133,6 +133,10 @@ def test_mismatch_is_shrunk_and_saved(tmp_path, monkeypatch):
     assert np.array_equal(np.load(tmp_path / saved["dram"], allow_pickle=False), case.dram)
     with pytest.raises(fuzz.Mismatch):
         fuzz.check_case(small)
+    replayed = fuzz.load_reproducer(path)
+    assert replayed.words == small.words and replayed.prog_len == small.prog_len
+    with pytest.raises(fuzz.Mismatch):
+        fuzz.check_case(replayed)
 
 
 def test_command_line_errors_are_one_line():
