@@ -325,6 +325,37 @@ def test_engine_store_latency():
     assert measured["latency"] == dut.store_latency
 
 
+def test_engine_st_idle_waits_for_the_last_row():
+    """``st_idle`` (no STORE work accepted and unfinished) stays low from the command until the last row has left
+    through ``out``, also while ``out`` stalls with rows in the epilogue."""
+    dut = GemmEngine(rows=2, cols=2, acc_depth=8)
+    layout = store_command_layout(8, 2)
+    count = 5
+    log = {"idle_with_rows_due": [], "delivered": 0, "idle_after": None}
+
+    async def tb(ctx):
+        params = {"bias": [0, 0], "multiplier": [0, 0], "shift": [0, 0], "zero_point": 0, "act_min": -128,
+                  "act_max": 127, "raw": 1}
+        ctx.set(dut.st_cmd.payload, layout.const({"acc_addr": 0, "count": count, "params": params}))
+        ctx.set(dut.st_cmd.valid, 1)
+        await ctx.tick().until(dut.st_cmd.ready)
+        ctx.set(dut.st_cmd.valid, 0)
+        for cycle in range(120):
+            ready = cycle >= 40 and cycle % 3 == 0      # a long stall, then a row every third cycle
+            ctx.set(dut.out.ready, ready)
+            idle, valid = ctx.get(dut.st_idle), ctx.get(dut.out.valid)
+            if idle and log["delivered"] < count:
+                log["idle_with_rows_due"].append(cycle)
+            await ctx.tick()
+            log["delivered"] += int(valid and ready)
+        log["idle_after"] = ctx.get(dut.st_idle)
+
+    run_simulation(dut, tb, deadline_cycles=400)
+    assert log["delivered"] == count, log
+    assert not log["idle_with_rows_due"], f"st_idle high with rows still due in cycles {log['idle_with_rows_due']}"
+    assert log["idle_after"], "st_idle did not rise after the last row"
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"rows": 0}, "Row count must be a positive integer, not 0"),
     ({"cols": 0}, "Column count must be a positive integer, not 0"),

@@ -144,3 +144,27 @@ def test_command_line_errors_are_one_line():
         proc = subprocess.run([sys.executable, "-m", "sim.fuzz", *args, "--programs", "1", "--networks", "0"],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and text in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("kind,code", [("slverr", ErrorCode.BUS_ERROR_STORE), ("decerr", ErrorCode.BUS_ERROR_STORE)])
+def test_store_row_across_a_page_with_an_error_before_the_cut(kind, code):
+    """A raw STORE row that the AXI master splits at a 4 KiB boundary, with the error response on the first of the
+    two bursts: the row's last burst answers OKAY, so the error must be kept across the split."""
+    from hw.isa import Buffer, Load, Matmul, encode
+    from sim.isa_sim import pack_param_entry
+
+    config = fuzz.CONFIGS["4x4"]
+    rng = np.random.default_rng(SEED)
+    dram = rng.integers(0, 256, fuzz.DRAM_BYTES, dtype=np.uint8)
+    entry = pack_param_entry(4, [1, 2, 3, 4], [1 << 30] * 4, [0] * 4)
+    dram[0x5000:0x5000 + len(entry)] = np.frombuffer(entry, dtype=np.uint8)
+    program = [Load(buffer=Buffer.ACT, y_size=1, x_size=4, stride=4, dram_addr=0x4000),
+               Load(buffer=Buffer.WGT, y_size=4, x_size=4, stride=4, dram_addr=0x4100),
+               Load(buffer=Buffer.PARAM, y_size=1, x_size=len(entry), stride=len(entry), dram_addr=0x5000,
+                    push_next=True),
+               Matmul(count=1, k_rows=4, pop_prev=True, push_next=True),
+               Store(count=1, n_cols=4, raw=True, stride=16, dram_addr=0x9000 - 8, pop_prev=True), Halt()]
+    case = fuzz.FuzzCase("4x4", SEED, -1, "directed", [encode(i) for i in program], dram, 0x100, len(program),
+                         bus_errors=[(0x9000 - 8, 0x9000, kind)])
+    summary = fuzz.check_case(case)
+    assert summary["error"] == code.name
