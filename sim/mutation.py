@@ -288,7 +288,9 @@ def _campaign(args, mutants, tiers, files, source) -> int:
         futures = [pool.submit(run_mutant, m, baseline, first, args.scratch, files, source) for m in mutants]
         for future in concurrent.futures.as_completed(futures):
             r = future.result()
-            if r["status"] in ("survived", "equivalent") and later:
+            # A survivor argued equivalent (sim/mutants.py) stops here: the later tiers cannot disprove an argument
+            # and would cost minutes each; every other survivor goes on.
+            if r["status"] == "survived" and later:
                 r = {**r, "status": "pending", "detail": "survived the block tier; later tiers pending"}
             publish(r, "block")
         pending = [by_name[n] for n, r in sorted(records.items(), key=lambda kv: order[kv[0]])
