@@ -222,7 +222,7 @@ def markdown(results: list[dict]) -> str:
     if s["score"] is not None:
         lines.append("")
         lines.append(f"Score: {s['killed']} of {s['non_equivalent']} non-equivalent mutants killed "
-                     f"({100 * s['score']:.1f}%); {s['equivalent']} equivalent (argued in the fault column), "
+                     f"({100 * s['score']:.1f}%); {s['equivalent']} equivalent (each argued in its row), "
                      f"{s['not_a_mutant']} not a mutant, {s['stale']} stale.")
     return "\n".join(lines) + "\n"
 
