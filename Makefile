@@ -13,7 +13,7 @@ EXTRAS ?= torch,fpga,plot,model,cluster
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check \
-	explore explore-scaling resource-model
+	explore explore-scaling resource-model mutate fuzz
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -42,6 +42,8 @@ help:
 	@echo "make scaling  synthesize SIZES= array sizes: resources, Fmax, MNIST RTL cycles/image, images/s (table + PNG)"
 	@echo "make tiny     MLPerf Tiny ResNet-8 + DS-CNN through the RTL on 8x8 and 16x16, bit-exact vs LiteRT: cycles, utilization, latency at Fmax (N=, BACKEND=, TINY_ARRAYS=)"
 	@echo "make tiny-check  100 seeded inputs per MLPerf Tiny model on cpu, golden, gpu and verilator vs LiteRT (every element)"
+	@echo "make mutate   mutation score of the RTL tests: catalogue faults in hw/, each run through the tiered suite (MUTANTS=, WORKERS=)"
+	@echo "make fuzz     random programs (golden vs RTL vs cycle model) and random CNNs (cpu vs RTL) (FUZZ_PROGRAMS=, FUZZ_NETWORKS=, SEED=, CONFIGS=)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -127,3 +129,11 @@ explore-scaling: $(STAMP)
 # Refit the resource model to Yosys runs (hw/fpga/data/resource_model-$(TARGET).json; runs cached in build/).
 resource-model: $(STAMP)
 	$(PY) -m hw.fpga.resource_model fit --target $(TARGET) --workers $(PYTEST_WORKERS)
+
+# Mutation testing and fuzzing (docs/verification.md); not part of `make test`, which runs a slice of each.
+mutate: $(STAMP)
+	$(PY) -m sim.mutation $(if $(MUTANTS),--mutants '$(MUTANTS)') $(if $(WORKERS),--workers $(WORKERS))
+
+fuzz: $(STAMP)
+	$(PY) -m sim.fuzz $(if $(FUZZ_PROGRAMS),--programs $(FUZZ_PROGRAMS)) $(if $(FUZZ_NETWORKS),--networks $(FUZZ_NETWORKS)) \
+		$(if $(SEED),--seed $(SEED)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(WORKERS),--workers $(WORKERS))

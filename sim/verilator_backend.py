@@ -78,6 +78,10 @@ VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noasse
 #: -O1 and 8% faster than -Os on the 8x8 design), the Verilated runtime at -O2, the slow (construction) code
 #: unoptimised.
 MAKE_FLAGS = ("OPT_FAST=-O3", "OPT_SLOW=-O0", "OPT_GLOBAL=-O2")
+#: ``S8_VERILATOR_QUICK=1`` (set by ``make mutate`` for its scratch trees, whose designs are built once and run
+#: briefly): the model at -O1, a build in a fraction of the time for a slower model.
+if os.environ.get("S8_VERILATOR_QUICK") == "1":
+    MAKE_FLAGS = ("OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
 #: Extra g++ flags (portable: no -march=native, a library may be built on one CI machine and run on another).
 #: -fno-tree-slp-vectorize: g++'s straight-line vectoriser packs the model's byte and halfword stores into SSE
 #: registers through the stack; without it +7% and +3% on the two designs. With -fno-dfg and the harness's direct

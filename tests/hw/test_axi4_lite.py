@@ -96,3 +96,28 @@ def test_axi4_lite_cocotb(simulator):
                build_dir=build_dir,
                extra_env={"REGISTERS": json.dumps(REGISTERS), "SEED": SEED, "ADDR_WIDTH": 12,
                           "NUM_OPS": 150 if simulator == "icarus" else 600, "TIMEOUT_US": 2000})
+
+
+@pytest.mark.parametrize("addr,resp,changes", [(0x008, 2, False), (0x100, 2, False), (0x004, 0, True)])
+def test_amaranth_write_responses(addr, resp, changes):
+    """A write to a read-only (0x008) or unmapped (0x100) offset answers SLVERR and changes nothing; a rw one OKAY."""
+    dut = AXI4LiteRegisters(registers=REGISTERS)
+    bus = dut.bus
+    log = {}
+
+    async def tb(ctx):
+        ctx.set(bus.aw.valid, 1)
+        ctx.set(bus.aw.addr, addr)
+        ctx.set(bus.w.valid, 1)
+        ctx.set(bus.w.data, 0xDEAD_BEEF)
+        ctx.set(bus.w.strb, 0b1111)
+        ctx.set(bus.b.ready, 1)
+        log["resp"], = await ctx.tick().sample(bus.b.resp).until(bus.b.valid)
+        ctx.set(bus.aw.valid, 0)
+        ctx.set(bus.w.valid, 0)
+        await ctx.tick().repeat(2)
+        log["scale"] = ctx.get(dut.scale)
+
+    run_simulation(dut, tb, deadline_cycles=200)
+    assert log["resp"] == resp, f"write to {addr:#x}: BRESP {log['resp']}, want {resp}"
+    assert (log["scale"] == 0xDEAD_BEEF) == changes

@@ -178,3 +178,26 @@ def test_dispatcher_token_overflow():
     got, state = rtl_dispatch(words, seed=3)
     assert (error, index) == (ErrorCode.TOKEN_OVERFLOW, TOKEN_MAX)
     assert got == want and (state["error"], state["index"]) == (error, index)
+
+
+def _out_of_range_with_reserved_bit():
+    word = encode(Load(buffer=Buffer.ACT, y_size=0, x_size=1))       # OUT_OF_RANGE ...
+    return word | 1 << 127                                              # ... and a reserved bit: ILLEGAL first
+
+
+@pytest.mark.parametrize("words,error,index", [
+    # One instruction with two faults: the documented priority decides (the ISA decoder's order).
+    ([encode(Load(x_size=1)), _out_of_range_with_reserved_bit()], ErrorCode.ILLEGAL_INSTRUCTION, 1),
+    # A pop from an empty queue and a push onto a full one in the same SYNC: TOKEN_DEADLOCK first.
+    ([encode(Sync(unit=Unit.COMPUTE, push_next=True))] * TOKEN_MAX
+     + [encode(Sync(unit=Unit.COMPUTE, pop_prev=True, push_next=True)), encode(Halt())],
+     ErrorCode.TOKEN_DEADLOCK, TOKEN_MAX),
+    # A HALT with any token flag set, the highest (push_next, bit 6) included, is illegal.
+    ([encode(Load(x_size=1)), encode(Halt()) | 1 << 6], ErrorCode.ILLEGAL_INSTRUCTION, 1),
+    ([encode(Halt()) | 1 << 3], ErrorCode.ILLEGAL_INSTRUCTION, 0),
+])
+def test_dispatcher_fault_priority(words, error, index):
+    want, want_error, want_index = reference(words)
+    assert (want_error, want_index) == (error, index), "the reference disagrees with the documented priority"
+    got, state = rtl_dispatch(words, seed=5)
+    assert got == want and (state["error"], state["index"]) == (error, index), f"{state} vs {error!r} at {index}"

@@ -12,8 +12,11 @@ from sim.arith import INT32_MAX, INT32_MIN
 from sim.engine_ref import MatmulOp, StoreOp, check_plan, pack_params, ref_engine
 
 
-def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0, pe_multiplier="fabric"):
-    """Run the command list on the RTL with the dependency rules of the engine; returns the STORE output rows."""
+def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0, pe_multiplier="fabric", out_throttle=None,
+               deadline=None):
+    """Run the command list on the RTL with the dependency rules of the engine; returns the STORE output rows.
+
+    ``out_throttle`` (an object with ``next()``) replaces the random ready pattern of the ``out`` stream."""
     dut = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=dsp_pes, pe_multiplier=pe_multiplier)
     st_layout = store_command_layout(acc_depth, cols)
     matmuls = [op for op in ops if isinstance(op, MatmulOp)]
@@ -57,16 +60,16 @@ def rtl_engine(ops, *, rows, cols, acc_depth, seed=0, prob=1.0, dsp_pes=0, pe_mu
                                                                 "params": op.params}), throttle)
 
     async def out_collector(ctx):
-        throttle = Throttle(prob, seed + 5)
+        throttle = out_throttle or Throttle(prob, seed + 5)
         for j, op in enumerate(stores):
             for _ in range(op.count):
                 row = await stream_get(ctx, dut.out, throttle)
                 outputs[j].append([int(v) for v in row])
             state["stored"] = j + 1
 
-    sim_cycles = 200 + sum(op.count + rows * 3 for op in ops) * (4 if prob < 1 else 1)
+    sim_cycles = 200 + sum(op.count + rows * 3 for op in ops) * (4 if prob < 1 else 1) * (40 if out_throttle else 1)
     run_simulation(dut, mm_driver, weight_driver, act_driver, st_driver, out_collector,
-                   background=[monitor], deadline_cycles=sim_cycles)
+                   background=[monitor], deadline_cycles=deadline or sim_cycles)
     return [np.array(o, dtype=np.int64).reshape(-1, cols) for o in outputs]
 
 
@@ -148,6 +151,86 @@ def test_engine_accumulates_rows_written_just_before(offset):
     bad = np.argwhere(got != want)
     assert bad.size == 0, (f"seed {seed}: first mismatch at row {bad[0][0]} col {bad[0][1]}: "
                            f"got {got[tuple(bad[0])]} want {want[tuple(bad[0])]}")
+
+
+def _compare(seed, got, want):
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, (f"seed {seed}: first mismatch at row {bad[0][0]} col {bad[0][1]}: "
+                           f"got {got[tuple(bad[0])]} want {want[tuple(bad[0])]}")
+
+
+@pytest.mark.parametrize("offset", [1, 2])
+def test_engine_overwrites_rows_written_just_before(offset):
+    """Back-to-back MATMULs where each starts ``offset`` rows before the previous one's end and some *overwrite*:
+    the row written one or two cycles earlier is still in the read-modify-write pipeline, and an overwrite must
+    not take it (forwarding is for accumulating rows only). A program can do this: a MATMUL that recomputes the
+    last rows of the previous one."""
+    rows, cols, acc_depth, seed = 2, 3, 32, 50 + offset
+    rng = np.random.default_rng(seed)
+    count = GemmEngine(rows=rows, cols=cols, acc_depth=acc_depth).min_overlapped_count  # streams back to back
+    ops, addr = [], 0
+    for t, accumulate in enumerate([False, False, True, False, True, False]):
+        ops.append(MatmulOp(acc_addr=addr, count=count, accumulate=accumulate,
+                            weights=rng.integers(-128, 128, size=(rows, cols)),
+                            act=rng.integers(-128, 128, size=(count, rows)), region=0))
+        addr += count - offset
+    total = addr + offset
+    ops.append(StoreOp(acc_addr=0, count=total, params=pack_params(cols, 0, 0, 0, 0, -128, 127, True),
+                       dest=(0, 0, total, cols), region=0))
+    want, = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
+    got, = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed)
+    _compare(seed, got, want)
+
+
+@pytest.mark.parametrize("rows,acc_depth,seed", [(1, 2, 61), (1, 4, 62), (2, 2, 63), (3, 4, 64), (2, 8, 65)])
+def test_engine_short_matmuls_on_few_rows(rows, acc_depth, seed):
+    """Many short MATMULs (1 to acc_depth vectors, addresses wrapping around a tiny accumulator) with random accumulate
+    bits, unthrottled: every forwarding case of the read-modify-write pipeline against the golden engine."""
+    cols = 2
+    rng = np.random.default_rng(seed)
+    ops = []
+    for _ in range(40):
+        count = int(rng.integers(1, acc_depth + 1))    # a MATMUL writes each of its rows once
+        ops.append(MatmulOp(acc_addr=int(rng.integers(acc_depth)), count=count, accumulate=bool(rng.integers(2)),
+                            weights=rng.integers(-128, 128, size=(rows, cols)),
+                            act=rng.integers(-128, 128, size=(count, rows)), region=0))
+    ops.insert(0, MatmulOp(acc_addr=0, count=acc_depth, accumulate=False, weights=np.ones((rows, cols), int),
+                           act=np.ones((acc_depth, rows), int), region=0))
+    ops.append(StoreOp(acc_addr=0, count=acc_depth, params=pack_params(cols, 0, 0, 0, 0, -128, 127, True),
+                       dest=(0, 0, acc_depth, cols), region=0))
+    want, = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
+    got, = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed, deadline=5000)
+    _compare(seed, got, want)
+
+
+class _Bursts:
+    """A ready pattern of long stalls: ``stall`` cycles low, then ``go`` cycles high, repeated."""
+
+    def __init__(self, stall, go):
+        self.pattern, self.i = [False] * stall + [True] * go, 0
+
+    def next(self):
+        self.i += 1
+        return self.pattern[(self.i - 1) % len(self.pattern)]
+
+
+@pytest.mark.parametrize("stall,go", [(30, 1), (25, 3), (17, 2)])
+def test_engine_store_holds_rows_through_long_stalls(stall, go):
+    """``out.ready`` low long enough to fill the epilogue pipeline and both registers of the STORE read side's
+    skid buffer: no row is lost, duplicated or overwritten."""
+    rows, cols, acc_depth, seed = 2, 2, 32, 70 + stall
+    rng = np.random.default_rng(seed)
+    count = 24
+    ops = [MatmulOp(acc_addr=0, count=count, accumulate=False, weights=rng.integers(-128, 128, size=(rows, cols)),
+                    act=rng.integers(-128, 128, size=(count, rows)), region=0),
+           StoreOp(acc_addr=0, count=count, params=pack_params(cols, 0, 0, 0, 0, -128, 127, True),
+                   dest=(0, 0, count, cols), region=0),
+           StoreOp(acc_addr=3, count=7, params=pack_params(cols, 5, 1 << 30, -3, 2, -100, 100, False),
+                   dest=(0, 0, 7, cols), region=0)]
+    want = ref_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth)
+    got = rtl_engine(ops, rows=rows, cols=cols, acc_depth=acc_depth, seed=seed, out_throttle=_Bursts(stall, go))
+    for g, w in zip(got, want):
+        _compare(seed, g, w)
 
 
 @pytest.mark.parametrize("rows,cols,count", [(1, 1, 1), (3, 2, 5), (4, 4, 1), (4, 4, 17), (2, 5, 3)])
@@ -240,6 +323,37 @@ def test_engine_store_latency():
 
     run_simulation(dut, tb, deadline_cycles=100)
     assert measured["latency"] == dut.store_latency
+
+
+def test_engine_st_idle_waits_for_the_last_row():
+    """``st_idle`` (no STORE work accepted and unfinished) stays low from the command until the last row has left
+    through ``out``, also while ``out`` stalls with rows in the epilogue."""
+    dut = GemmEngine(rows=2, cols=2, acc_depth=8)
+    layout = store_command_layout(8, 2)
+    count = 5
+    log = {"idle_with_rows_due": [], "delivered": 0, "idle_after": None}
+
+    async def tb(ctx):
+        params = {"bias": [0, 0], "multiplier": [0, 0], "shift": [0, 0], "zero_point": 0, "act_min": -128,
+                  "act_max": 127, "raw": 1}
+        ctx.set(dut.st_cmd.payload, layout.const({"acc_addr": 0, "count": count, "params": params}))
+        ctx.set(dut.st_cmd.valid, 1)
+        await ctx.tick().until(dut.st_cmd.ready)
+        ctx.set(dut.st_cmd.valid, 0)
+        for cycle in range(120):
+            ready = cycle >= 40 and cycle % 3 == 0      # a long stall, then a row every third cycle
+            ctx.set(dut.out.ready, ready)
+            idle, valid = ctx.get(dut.st_idle), ctx.get(dut.out.valid)
+            if idle and log["delivered"] < count:
+                log["idle_with_rows_due"].append(cycle)
+            await ctx.tick()
+            log["delivered"] += int(valid and ready)
+        log["idle_after"] = ctx.get(dut.st_idle)
+
+    run_simulation(dut, tb, deadline_cycles=400)
+    assert log["delivered"] == count, log
+    assert not log["idle_with_rows_due"], f"st_idle high with rows still due in cycles {log['idle_with_rows_due']}"
+    assert log["idle_after"], "st_idle did not rise after the last row"
 
 
 @pytest.mark.parametrize("kwargs,match", [

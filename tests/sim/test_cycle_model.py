@@ -11,6 +11,7 @@ import pytest
 
 from hw.isa import Buffer, HardwareConfig, Halt, Load, Matmul, Store, Sync, Unit, to_bytes
 from sim.cycle_model import predict, predict_cycles
+from sim.fuzz import random_stream
 from sim.programs import gemm_program, plan_tiling
 from sim.verilator_backend import COUNTERS, VerilatorAccelerator
 
@@ -107,52 +108,10 @@ def test_random_gemms_match_rtl_exactly(name, chunk):
     tally.check()
 
 
-_TOKEN_QUEUES = (  # (producer, its flag, consumer, its flag)
-    (Unit.LOAD, "push_next", Unit.COMPUTE, "pop_prev"), (Unit.COMPUTE, "push_prev", Unit.LOAD, "pop_next"),
-    (Unit.COMPUTE, "push_next", Unit.STORE, "pop_prev"), (Unit.STORE, "push_prev", Unit.COMPUTE, "pop_next"))
-
-
 def random_program(rng, config, length):
-    """A random instruction stream the dispatcher accepts (every pop covered by an earlier push, no overflow);
-    buffer races are allowed: they change data, never timing."""
-    balance = [0] * len(_TOKEN_QUEUES)
-    longest = int(rng.choice([4, 16, 64]))
-    program = []
-    for _ in range(length):
-        kind = rng.choice(["load", "matmul", "store", "sync"], p=[0.35, 0.3, 0.15, 0.2])
-        if kind == "load":
-            buffer = Buffer(int(rng.choice([0, 1, 2], p=[0.45, 0.45, 0.1])))
-            depth, entry = config.depth(buffer), config.row_bytes(buffer)
-            rows, x_size = int(rng.integers(1, min(depth, longest) + 1)), int(rng.integers(1, entry + 1))
-            ins = Load(buffer=buffer, buf_addr=int(rng.integers(0, depth - rows + 1)), y_size=rows, x_size=x_size,
-                       stride=int(rng.choice([x_size, int(rng.integers(0, 100))])),
-                       dram_addr=int(rng.integers(0x4000, 0x8000)))
-        elif kind == "matmul":
-            count = int(rng.integers(1, min(longest, config.acc_depth, config.act_depth) + 1))
-            ins = Matmul(act_addr=int(rng.integers(0, config.act_depth - count + 1)), wgt_addr=0,
-                         acc_addr=int(rng.integers(0, config.acc_depth - count + 1)), count=count,
-                         k_rows=int(rng.integers(1, config.rows + 1)), accumulate=bool(rng.integers(2)))
-        elif kind == "store":
-            count, n_cols, raw = (int(rng.integers(1, min(longest, config.acc_depth) + 1)),
-                                  int(rng.integers(1, config.cols + 1)), bool(rng.integers(2)))
-            ins = Store(acc_addr=int(rng.integers(0, config.acc_depth - count + 1)), count=count,
-                        param_addr=int(rng.integers(0, config.param_depth)), n_cols=n_cols, raw=raw,
-                        stride=int(rng.choice([n_cols * (4 if raw else 1), int(rng.integers(0, 200))])),
-                        dram_addr=int(rng.integers(0x8000, 0xC000)))
-        else:
-            ins = Sync(unit=Unit(int(rng.integers(3))))
-        unit = {Load: Unit.LOAD, Matmul: Unit.COMPUTE, Store: Unit.STORE}.get(type(ins), getattr(ins, "unit", None))
-        flags = {}
-        for q, (_, _, consumer, flag) in enumerate(_TOKEN_QUEUES):
-            if consumer == unit and balance[q] > 0 and rng.random() < 0.5:
-                flags[flag] = True
-                balance[q] -= 1
-        for q, (producer, flag, _, _) in enumerate(_TOKEN_QUEUES):
-            if producer == unit and balance[q] < 255 and rng.random() < 0.4:
-                flags[flag] = True
-                balance[q] += 1
-        program.append(dataclasses.replace(ins, **flags))
-    return program + [Halt()]
+    """A random instruction stream the dispatcher accepts, races allowed (they change data, never timing): the
+    fuzzer's generator (one source), ``sim.fuzz.random_stream``."""
+    return random_stream(rng, config, length)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
