@@ -340,7 +340,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
                library: str = DEFAULT_LIBRARY, freq_mhz: float = DEFAULT_FREQ_MHZ,
                io_delay_ns: float = DEFAULT_IO_DELAY_NS, memory_timing: dict | None = None,
                macro_min_bits: int = DEFAULT_MACRO_MIN_BITS, build_dir: str | os.PathLike = "build",
-               timeout_s: float = 7200.0, reuse: bool = False, log=None) -> dict:
+               timeout_s: float = 7200.0, blocks: bool = True, reuse: bool = False, log=None) -> dict:
     """Run the ASIC flow for one configuration; return the report (also written to :func:`asic_report_path`).
 
     Parameters
@@ -358,6 +358,9 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
         The macros' assumed interface, ``access_ns``/``setup_ns``/``hold_ns`` (:data:`DEFAULT_MEMORY_TIMING`).
     macro_min_bits : int
         Memories of at least this many bits with synchronous reads become macros; the others flops.
+    blocks : bool
+        Map a design with submodules a second time with its hierarchy kept, for the area by block (the totals and
+        the timing come from the flat mapping either way); without it ``blocks`` is the whole design as one.
     reuse : bool
         Return the existing report when it was made from the same Verilog, options and tool versions.
 
@@ -405,7 +408,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
                _sta_script(period_ns=period_ns, io_delay_ns=io_delay_ns, lib=cells_lib,
                            driver=(lib_info.driver_cell, lib_info.driver_pin), load_pf=0.0, macros=True),
                FLOW_VERSION]
-    inputs_sha256 = inputs_digest(verilog_text, ["asic", library, freq_mhz, io_delay_ns, timing, macro_min_bits,
+    inputs_sha256 = inputs_digest(verilog_text, ["asic", library, freq_mhz, io_delay_ns, timing, macro_min_bits, blocks,
                                                  hashlib.sha256(liberty.read_bytes()).hexdigest(),
                                                  versions, scripts])
     if reuse:
@@ -447,7 +450,8 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     mem_entries = _memory_entries(memories, cells_lib, lib_info)
     say(f"{tag} mapped ({wall['yosys_map']:.1f} s): {summary['area_um2']:,.0f} um^2 in {summary['cells']:,} cells "
         f"({summary['flops']:,} flops)")
-    hierarchical = sum(not m.get("attributes", {}).get("blackbox") for m in netlist["modules"].values()) > 1
+    hierarchical = blocks and sum(not m.get("attributes", {}).get("blackbox")
+                                  for m in netlist["modules"].values()) > 1
     if hierarchical:
         t0 = time.monotonic()
         say(f"{tag} mapping each module on its own for the area by block")
