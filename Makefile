@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed-stamp
 ROWS ?= 8
 COLS ?= 8
 ACC_DEPTH ?= 512
-# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot.
-EXTRAS ?= torch,fpga,plot
+# Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, asic (liberty-parser).
+EXTRAS ?= torch,fpga,plot,asic
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help
+.PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help asic
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -38,6 +38,7 @@ help:
 	@echo "make synth    Yosys + nextpnr (YoWASP) report and bitstream (TARGET=ecp5-85k|ecp5-25k|ice40-hx8k|ice40-up5k)"
 	@echo "make lint     verilator --lint-only on the generated Verilog with lint/verilator.vlt"
 	@echo "make scaling  synthesize SIZES= array sizes: resources, Fmax, MNIST RTL cycles/image, images/s (table + PNG)"
+	@echo "make asic     standard cells (Yosys + OSU 0.18 um) and OpenSTA for ASIC_SIZES= (default 2,4,8,16): area by block, memories, Fmax (table + PNG)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -84,3 +85,9 @@ scaling: $(STAMP)
 
 clean:
 	rm -rf build sim_build .pytest_cache
+
+# ASIC flow: every size and its PE, array and epilogue alone; reports reused when nothing changed (docs/asic.md).
+ASIC_SIZES ?= 2,4,8,16
+ASIC_LIB ?= osu018
+asic: $(STAMP)
+	$(PY) -m hw.asic --sizes $(ASIC_SIZES) --blocks --library $(ASIC_LIB) --reuse
