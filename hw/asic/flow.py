@@ -95,14 +95,19 @@ def build_asic_design(design: str = "accelerator", *, rows: int = 8, cols: int =
         return build_design(design, rows=rows, cols=cols, acc_depth=acc_depth, dsp_pes=0, pe_multiplier="fabric")
     if design not in ASIC_DESIGNS:
         raise ValueError(f"ASIC design must be one of {', '.join(ASIC_DESIGNS)}, not {design!r}")
+    from types import SimpleNamespace
+
     from ..gemm_engine import A_WIDTH, W_WIDTH, GemmEngine
-    engine = GemmEngine(rows=rows, cols=cols, **({} if acc_depth is None else {"acc_depth": acc_depth}))
+    from ..systolic_array import check_array_size
+    check_array_size(rows, cols)
+    # The engine's own partial-sum width rule, without building an engine that would go unused.
+    psum_width = GemmEngine.psum_width.fget(SimpleNamespace(_rows=rows))
     if design == "array":
         from ..systolic_array import SystolicArray
-        return SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH, acc_width=engine.psum_width)
+        return SystolicArray(rows=rows, cols=cols, a_width=A_WIDTH, w_width=W_WIDTH, acc_width=psum_width)
     if design == "pe":
         from ..pe import ProcessingElement
-        return ProcessingElement(a_width=A_WIDTH, w_width=W_WIDTH, acc_width=engine.psum_width)
+        return ProcessingElement(a_width=A_WIDTH, w_width=W_WIDTH, acc_width=psum_width)
     from ..epilogue import Epilogue
     return Epilogue(cols=cols)
 

@@ -152,6 +152,10 @@ def test_blocks_of_the_array(array, engine):
     assert array["blocks"]["pe"]["instances"] == 4
     assert list(engine["blocks"]) == ["engine"]       # blocks=False: the design as one block
     assert engine["blocks"]["engine"]["area_um2"] == engine["blocks_area_um2"] == engine["area_um2"]
+    table = format_report(array)
+    assert f"4 x {array['blocks']['pe']['area_um2'] / 4:,.0f}" in table
+    text = format_report(engine)
+    assert "acc_mem" in text and "SRAM macros" in text and f"{engine['memories']['macro_bits']:,} bits" in text
     assert block_of("engine.array.pe_3_1") == "pe"
     assert block_of("engine.array") == "array"
     assert block_of("engine.epilogue") == "epilogue"
