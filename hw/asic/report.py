@@ -68,12 +68,18 @@ def format_report(report: dict) -> str:
                  f"I/O delay {report['io_delay_ns']:g} ns)")
     lines.append(f"critical path {path['delay_ns']:.3f} ns" + (" (through a memory macro)" if path["through_memory"]
                                                                 else ""))
-    lines.append(f"  from {path['start']} ({path['start_kind']})")
-    lines.append(f"  to   {path['end']} ({path['end_kind']})")
+    for side, word in (("start", "from"), ("end", "to  ")):
+        lines.append(f"  {word} {path.get(side + '_register', path[side])} [{path.get(side + '_block', '?')}] "
+                     f"({path[side]}: {path[side + '_kind']})")
     reg = report.get("register_to_register_path")
     if reg and (reg["start"], reg["end"]) != (path["start"], path["end"]):
         lines.append(f"register to register: {reg['delay_ns']:.3f} ns ({reg['fmax_mhz']:.1f} MHz), "
-                     f"{reg['start']} -> {reg['end']}")
+                     f"{reg.get('start_register', reg['start'])} -> {reg.get('end_register', reg['end'])}")
+    repair = report.get("fanout_repair")
+    if repair and repair["buffers"]:
+        lines.append(f"fanout repair: {repair['buffers']:,} {repair['buffer_cell']} on {repair['nets']:,} flop/port "
+                     f"nets (largest fanout before: {repair['largest_fanout_before']:,}; at most "
+                     f"{repair['max_fanout']} after)")
     lines.append(f"wall time {report['wall_time_s']['total']:.1f} s; report {report['report_path']}")
     return "\n".join(lines)
 
@@ -87,7 +93,8 @@ def _row(report: dict, standalone: dict) -> dict:
            "memory_bitcell_area_um2": mem["macro_sram_bitcell_area_um2"],
            "memory_as_flops_area_um2": mem["macro_flop_area_um2"],
            "cells": report["cells"], "flops": report["flops"], "fmax_mhz": report["fmax_mhz"],
-           "critical_start": path["start"], "critical_end": path["end"], "critical_delay_ns": path["delay_ns"],
+           "critical_start": path.get("start_register", path["start"]),
+           "critical_end": path.get("end_register", path["end"]), "critical_delay_ns": path["delay_ns"],
            "critical_through_memory": path["through_memory"], "reg_fmax_mhz": reg.get("fmax_mhz"),
            "wall_time_s": report["wall_time_s"]["total"], "report": report["report_path"]}
     for block in _BLOCK_NAMES:
