@@ -42,7 +42,8 @@ def repair_fanout(text: str, *, output_pins: dict[str, set[str]], clock_pins: se
     largest fanout before).
 
     ``output_pins[cell]``: the cell's output pin names (from the Liberty file; a macro's too); ``sources``: the
-    cells whose outputs ABC does not buffer (the flops, the memory macros); ``buffer``: ``(cell, input pin, output pin)``; ``clock_pins``: ``(cell, pin)`` pairs left alone.
+    cells whose outputs ABC does not buffer (the flops, the memory macros); ``buffer``: ``(cell, input pin, output
+    pin)``; ``clock_pins``: ``(cell, pin)`` pairs left alone.
     """
     lines = text.splitlines()
     if sum(1 for line in lines if line.startswith("module ")) != 1:
@@ -113,7 +114,8 @@ def repair_fanout(text: str, *, output_pins: dict[str, set[str]], clock_pins: se
             connect(sink, net)
     body = []
     for k, (net_in, net_out) in enumerate(buffers):
-        body += [f"  {buf_cell} _fanout_buf{k}_ (", f"    .{buf_in}({_ref(net_in)}),", f"    .{buf_out}({net_out})", "  );"]
+        body += [f"  {buf_cell} _fanout_buf{k}_ (", f"    .{buf_in}({_ref(net_in)}),",
+                 f"    .{buf_out}({net_out})", "  );"]
     return "\n".join(lines[:end] + wires + body + lines[end:]) + "\n", {
         "nets": repaired, "buffers": len(buffers), "buffer_cell": buf_cell, "max_fanout": max_fanout,
         "largest_fanout_before": largest_before}

@@ -454,10 +454,12 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     # The reuse key: the Verilog, the options, the library file, the tools and the flow's own scripts.
     mapping = [_coarse_script(), _map_script(flat=True), _map_script(flat=False), _abc_script(period_ns),
                macro_min_bits]
-    scripts = [*mapping, _final_script(macros=True), DEFAULT_MAX_FANOUT, _sta_script(period_ns=period_ns, io_delay_ns=io_delay_ns, lib=cells_lib,
+    scripts = [*mapping, _final_script(macros=True), DEFAULT_MAX_FANOUT,
+               _sta_script(period_ns=period_ns, io_delay_ns=io_delay_ns, lib=cells_lib,
                            driver=(lib_info.driver_cell, lib_info.driver_pin), load_pf=0.0, macros=True),
                FLOW_VERSION]
-    inputs_sha256 = inputs_digest(verilog_text, ["asic", library, freq_mhz, io_delay_ns, timing, macro_min_bits, blocks,
+    inputs_sha256 = inputs_digest(verilog_text, ["asic", library, freq_mhz, io_delay_ns, timing, macro_min_bits,
+                                                 blocks,
                                                  hashlib.sha256(liberty.read_bytes()).hexdigest(),
                                                  versions, scripts])
     # The mapping's own key: a run stopped after Yosys mapped the design (hours at 16x16) starts again from there.

@@ -168,16 +168,15 @@ def macro_liberty(macros: list[dict], *, access_ns: float, setup_ns: float, hold
             if pin == clock:
                 continue
             out += [f"    pin ({pin}) {{", f"      direction : {direction};"]
+            related = f'        related_pin : "{clock}";'
             if direction == "input":
-                out += [f"      capacitance : {pin_capacitance_pf:.5f};",
-                        "      timing () {", f"        related_pin : \"{clock}\";", "        timing_type : setup_rising;",
-                        f"        {scalar('rise_constraint', setup_ns)}", f"        {scalar('fall_constraint', setup_ns)}",
-                        "      }",
-                        "      timing () {", f"        related_pin : \"{clock}\";", "        timing_type : hold_rising;",
-                        f"        {scalar('rise_constraint', hold_ns)}", f"        {scalar('fall_constraint', hold_ns)}",
-                        "      }"]
+                out.append(f"      capacitance : {pin_capacitance_pf:.5f};")
+                for kind, value in (("setup_rising", setup_ns), ("hold_rising", hold_ns)):
+                    out += ["      timing () {", related, f"        timing_type : {kind};",
+                            f"        {scalar('rise_constraint', value)}",
+                            f"        {scalar('fall_constraint', value)}", "      }"]
             else:
-                out += ["      timing () {", f"        related_pin : \"{clock}\";", "        timing_type : rising_edge;",
+                out += ["      timing () {", related, "        timing_type : rising_edge;",
                         f"        {scalar('cell_rise', access_ns)}", f"        {scalar('cell_fall', access_ns)}",
                         f"        {scalar('rise_transition', 0.2)}", f"        {scalar('fall_transition', 0.2)}",
                         "      }"]

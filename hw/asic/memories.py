@@ -120,7 +120,8 @@ def extract_macros(netlist: dict, *, top: str = "top", macro_min_bits: int = DEF
             "hide_name": 0, "type": type_name, "parameters": {}, "attributes": {},
             "port_directions": pins, "connections": connections,
         }
-        memories.append(dict(entry, cell=type_name, instance=f"{_instance_path(module_name, top)}.{instance}".lstrip(".")))
+        where = f"{_instance_path(module_name, top)}.{instance}".lstrip(".")
+        memories.append(dict(entry, cell=type_name, instance=where))
     for type_name, t in types.items():
         ports = {}
         for pin, direction in t["pins"].items():
