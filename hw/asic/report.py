@@ -80,7 +80,9 @@ def format_report(report: dict) -> str:
         lines.append(f"fanout repair: {repair['buffers']:,} {repair['buffer_cell']} on {repair['nets']:,} flop/port "
                      f"nets (largest fanout before: {repair['largest_fanout_before']:,}; at most "
                      f"{repair['max_fanout']} after)")
-    lines.append(f"wall time {report['wall_time_s']['total']:.1f} s; report {report['report_path']}")
+    resumed = report.get("resumed_stages_s") or {}
+    again = f" ({', '.join(resumed)} from an earlier run: {report['run_time_s']:.0f} s in all)" if resumed else ""
+    lines.append(f"wall time {report['wall_time_s']['total']:.1f} s{again}; report {report['report_path']}")
     return "\n".join(lines)
 
 
@@ -96,14 +98,16 @@ def _row(report: dict, standalone: dict) -> dict:
            "critical_start": path.get("start_register", path["start"]),
            "critical_end": path.get("end_register", path["end"]), "critical_delay_ns": path["delay_ns"],
            "critical_through_memory": path["through_memory"], "reg_fmax_mhz": reg.get("fmax_mhz"),
-           "wall_time_s": report["wall_time_s"]["total"], "report": report["report_path"]}
+           "wall_time_s": report.get("run_time_s", report["wall_time_s"]["total"]),
+           "report": report["report_path"]}
     for block in _BLOCK_NAMES:
         row[f"area_{block}_um2"] = report["blocks"].get(block, {}).get("area_um2")
     pe = report["blocks"].get("pe")
     row["area_per_pe_um2"] = round(pe["area_um2"] / pe["instances"], 2) if pe else None
     for block in STANDALONE_BLOCKS:
         row[f"fmax_{block}_mhz"] = standalone[block]["fmax_mhz"] if block in standalone else None
-    row["blocks_wall_time_s"] = (round(sum(r["wall_time_s"]["total"] for r in standalone.values()), 2)
+    row["blocks_wall_time_s"] = (round(sum(r.get("run_time_s", r["wall_time_s"]["total"])
+                                           for r in standalone.values()), 2)
                                  if standalone else None)
     return row
 
