@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(with --blocks, also each size's PE, array and epilogue on their own)")
     parser.add_argument("--blocks", action="store_true",
                         help="with --sizes: also synthesize the blocks on their own for their Fmax")
+    parser.add_argument("--no-block-areas", action="store_true",
+                        help="skip the second, hierarchy-kept mapping that gives the area by block (it takes as long "
+                             "as the flat one)")
     parser.add_argument("--acc-depth", type=int, default=None, help="accumulator rows (default: the design's)")
     parser.add_argument("--library", choices=list(LIBRARIES), default=DEFAULT_LIBRARY,
                         help=f"standard-cell library (default {DEFAULT_LIBRARY})")
@@ -58,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
     options = dict(design=args.design, acc_depth=args.acc_depth, library=args.library, freq_mhz=args.freq,
                    io_delay_ns=args.io_delay, macro_min_bits=args.macro_min_bits,
                    memory_timing={"access_ns": args.memory_access_ns, "setup_ns": args.memory_setup_ns},
-                   build_dir=args.build_dir, timeout_s=args.timeout, reuse=args.reuse, log=say)
+                   build_dir=args.build_dir, timeout_s=args.timeout, reuse=args.reuse, log=say,
+                   blocks=not args.no_block_areas)
     try:
         if args.sizes is not None:
             from .report import format_scaling, run_scaling
-            result = run_scaling(args.sizes, blocks=args.blocks, **options)
+            result = run_scaling(args.sizes, standalone_blocks=args.blocks, **options)
             print(json.dumps(result["rows"], indent=2) if args.json else format_scaling(result["rows"]))
             print(f"wrote {result['json']}, {result['csv']}, {result['png']}, {result['markdown']}")
             return 0

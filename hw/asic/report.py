@@ -1,6 +1,6 @@
 """ASIC reports for people: one configuration as a table, and the scaling study (JSON, CSV, Markdown, PNG).
 
-``run_scaling("2,4,8,16")`` runs :func:`hw.asic.flow.synthesize` for each array size (and, with ``blocks=True``,
+``run_scaling("2,4,8,16")`` runs :func:`hw.asic.flow.synthesize` for each array size (and, with ``standalone_blocks=True``,
 the PE, the array and the epilogue of that size on their own, for their Fmax) and writes
 ``build/reports/scaling-asic-<lib>.{json,csv,md,png}`` beside the FPGA study's ``scaling-<target>.*``.
 """
@@ -18,7 +18,7 @@ from .liberty import DEFAULT_LIBRARY
 __all__ = ["format_report", "run_scaling", "write_scaling", "format_scaling", "scaling_markdown",
            "ASIC_SCALING_COLUMNS", "STANDALONE_BLOCKS"]
 
-#: Blocks synthesized on their own in a study with ``blocks=True`` (each as the engine of that size builds it).
+#: Blocks synthesized on their own in a study with ``standalone_blocks=True`` (each as the engine of that size builds it).
 STANDALONE_BLOCKS = ("pe", "array", "epilogue")
 _BLOCK_NAMES = [b for b, _ in BLOCKS]
 
@@ -112,9 +112,9 @@ def _row(report: dict, standalone: dict) -> dict:
     return row
 
 
-def run_scaling(sizes, *, blocks: bool = False, library: str = DEFAULT_LIBRARY, build_dir="build", log=None,
-                design: str = "accelerator", **synth_kwargs) -> dict:
-    """Synthesize every size (and with ``blocks`` its standalone PE, array and epilogue); write the study."""
+def run_scaling(sizes, *, standalone_blocks: bool = False, library: str = DEFAULT_LIBRARY, build_dir="build",
+                log=None, design: str = "accelerator", **synth_kwargs) -> dict:
+    """Synthesize every size (and with ``standalone_blocks`` its PE, array and epilogue alone); write the study."""
     if design != "accelerator":
         raise ValueError("The ASIC scaling study synthesizes the accelerator (its blocks with --blocks), not "
                          f"{design!r}")
@@ -125,7 +125,7 @@ def run_scaling(sizes, *, blocks: bool = False, library: str = DEFAULT_LIBRARY, 
         report = synthesize(design="accelerator", rows=r, cols=c, library=library, build_dir=build_dir, log=log,
                             **synth_kwargs)
         standalone = {}
-        if blocks:
+        if standalone_blocks:
             for block in STANDALONE_BLOCKS:
                 standalone[block] = synthesize(design=block, rows=r, cols=c, library=library, build_dir=build_dir,
                                                log=log, **synth_kwargs)
