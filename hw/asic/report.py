@@ -1,7 +1,7 @@
 """ASIC reports for people: one configuration as a table, and the scaling study (JSON, CSV, Markdown, PNG).
 
-``run_scaling("2,4,8,16")`` runs :func:`hw.asic.flow.synthesize` for each array size (and, with ``standalone_blocks=True``,
-the PE, the array and the epilogue of that size on their own, for their Fmax) and writes
+``run_scaling("2,4,8,16")`` runs :func:`hw.asic.flow.synthesize` for each array size (and, with
+``standalone_blocks=True``, the PE, the array and the epilogue of that size on their own, for their Fmax) and writes
 ``build/reports/scaling-asic-<lib>.{json,csv,md,png}`` beside the FPGA study's ``scaling-<target>.*``.
 """
 
@@ -18,7 +18,8 @@ from .liberty import DEFAULT_LIBRARY
 __all__ = ["format_report", "run_scaling", "write_scaling", "format_scaling", "scaling_markdown",
            "ASIC_SCALING_COLUMNS", "STANDALONE_BLOCKS"]
 
-#: Blocks synthesized on their own in a study with ``standalone_blocks=True`` (each as the engine of that size builds it).
+#: Blocks synthesized on their own in a study with ``standalone_blocks=True`` (as the engine of that size builds
+#: each).
 STANDALONE_BLOCKS = ("pe", "array", "epilogue")
 _BLOCK_NAMES = [b for b, _ in BLOCKS]
 
