@@ -203,7 +203,7 @@ def _plot(rows, *, library, path):
         values = [(r[f"area_{block}_um2"] or 0) / 1e6 for r in rows]
         ax.bar(x, values, bottom=bottom, label=block, color=f"C{i}")
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set(title=f"Standard-cell area by block ({library})", xlabel="array size", ylabel="mm^2")
+    ax.set(title=f"Standard-cell area by block ({library}, hierarchy kept)", xlabel="array size", ylabel="mm^2")
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.plot(x, [r["area_um2"] / 1e6 for r in rows], marker="o", label="standard cells (logic + flops)")
@@ -213,7 +213,8 @@ def _plot(rows, *, library, path):
             label="memories: as library flops (estimate)")
     ax.set_yscale("log")
     ax.set(title="Area: cells measured, memories estimated", xlabel="array size", ylabel="mm^2 (log)")
-    ax.legend(fontsize=8)
+    ax.margins(y=0.25)
+    ax.legend(fontsize=8, loc="lower right")
     ax = axes[2]
     ax.plot(x, [r["fmax_mhz"] or float("nan") for r in rows], marker="o", color="C4", label="accelerator")
     for i, block in enumerate(STANDALONE_BLOCKS):
