@@ -1,4 +1,4 @@
-"""Fanout repair of a mapped netlist: buffer trees on the nets that flops and input ports drive.
+"""Fanout repair of a mapped netlist: buffer trees on the nets that ABC left with too many loads.
 
 ABC buffers the nets inside the logic it maps (``buffer -N``), but the inputs of its network - flop outputs and the
 design's input ports - it leaves as they are, even with ``buffer -p`` and a driving cell given (measured with the
@@ -6,8 +6,9 @@ YoWASP Yosys 0.70 ABC). In the flat 2x2 accelerator the instruction FIFO's read 
 ``fetch.fifo.r_port__addr[2]`` then drives 765 gate inputs from one DFFPOSX1, 12.6 ns from clock to Q, and the
 epilogue's ``o.ready`` 865: the STA would report those wires, not the design. A placement flow repairs them
 (OpenROAD's resizer), but no such tool is packaged for Debian 12 or PyPI, and Yosys has no fanout pass; so this
-module does the one thing needed, by hand: every net driven by a flop or an input port with more than
-``max_fanout`` loads gets a balanced tree of the library's buffer, each buffer driving at most ``max_fanout`` loads.
+module does the one thing needed, by hand: every net with more than ``max_fanout`` loads - those of flops and input
+ports, and those of gates whose loads include memory-macro pins, which ABC does not see - gets a balanced tree of
+the library's buffer, each buffer driving at most ``max_fanout`` loads.
 The clock is left alone (an ideal clock: no clock tree is built). Yosys then reads the repaired netlist back and its
 ``stat -liberty`` gives the area, buffers included.
 
@@ -91,14 +92,18 @@ def repair_fanout(text: str, *, output_pins: dict[str, set[str]], clock_pins: se
         else:
             buffers[where][0] = net
 
-    repaired = 0
+    repaired = unbuffered = 0
     for net, net_loads in loads.items():
         if len(net_loads) <= max_fanout or net == clock_net:
             continue
         driver = drivers.get(net)
-        if driver is None or not (driver == "port" or driver[0] in sources):
-            continue              # ABC has buffered what it drives
+        if driver is None:
+            continue              # an alias of another net (an assign), or undriven
+        # ABC's own nets are buffered within its network, but it does not see the loads a net has on the memory
+        # macros' pins (a macro is a black box to it): the parameter memory's bit-write enables, one gate driving
+        # 1,200 macro pins at 16x16. So every driver counts; ``sources`` only says which drivers ABC never buffers.
         repaired += 1
+        unbuffered += driver == "port" or driver[0] in sources
         level = [("line", i) for i, _ in net_loads]
         while len(level) > max_fanout:   # a balanced tree, built from the loads up
             upper = []
@@ -117,5 +122,5 @@ def repair_fanout(text: str, *, output_pins: dict[str, set[str]], clock_pins: se
         body += [f"  {buf_cell} _fanout_buf{k}_ (", f"    .{buf_in}({_ref(net_in)}),",
                  f"    .{buf_out}({net_out})", "  );"]
     return "\n".join(lines[:end] + wires + body + lines[end:]) + "\n", {
-        "nets": repaired, "buffers": len(buffers), "buffer_cell": buf_cell, "max_fanout": max_fanout,
-        "largest_fanout_before": largest_before}
+        "nets": repaired, "nets_from_flops_macros_ports": unbuffered, "buffers": len(buffers),
+        "buffer_cell": buf_cell, "max_fanout": max_fanout, "largest_fanout_before": largest_before}

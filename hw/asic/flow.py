@@ -53,7 +53,7 @@ class MemoryTiming(dict):
 
 
 #: Bumped when the flow's treatment of a netlist changes in a way its scripts do not show (part of the reuse key).
-FLOW_VERSION = 2
+FLOW_VERSION = 3
 
 #: The most loads ABC leaves on one net when it buffers the mapped logic.
 ABC_MAX_FANOUT = 16
@@ -537,7 +537,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
         mark_done("mapped")
     wall["yosys_map"] = time.monotonic() - t0
 
-    # ---- Fanout repair (flop and input-port nets ABC leaves unbuffered), then Yosys's statistics of the result.
+    # ---- Fanout repair (the nets ABC leaves with too many loads), then Yosys's statistics of the result.
     t0 = time.monotonic()
     output_pins = dict(cells_lib.output_pins)
     output_pins.update({t["type"]: frozenset(p for p, d in t["pins"].items() if d == "output") for t in macro_types})

@@ -78,9 +78,9 @@ def format_report(report: dict) -> str:
                      f"{reg.get('start_register', reg['start'])} -> {reg.get('end_register', reg['end'])}")
     repair = report.get("fanout_repair")
     if repair and repair["buffers"]:
-        lines.append(f"fanout repair: {repair['buffers']:,} {repair['buffer_cell']} on {repair['nets']:,} flop/port "
-                     f"nets (largest fanout before: {repair['largest_fanout_before']:,}; at most "
-                     f"{repair['max_fanout']} after)")
+        lines.append(f"fanout repair: {repair['buffers']:,} {repair['buffer_cell']} on {repair['nets']:,} nets "
+                     f"(largest fanout before: {repair['largest_fanout_before']:,}; at most {repair['max_fanout']} "
+                     f"after)")
     resumed = report.get("resumed_stages_s") or {}
     again = f" ({', '.join(resumed)} from an earlier run: {report['run_time_s']:.0f} s in all)" if resumed else ""
     lines.append(f"wall time {report['wall_time_s']['total']:.1f} s{again}; report {report['report_path']}")
