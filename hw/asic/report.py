@@ -101,9 +101,11 @@ def _row(report: dict, standalone: dict) -> dict:
            "critical_through_memory": path["through_memory"], "reg_fmax_mhz": reg.get("fmax_mhz"),
            "wall_time_s": report.get("run_time_s", report["wall_time_s"]["total"]),
            "report": report["report_path"]}
+    # Without the by-block mapping (``blocks=False``) the report has the design as one block: no split to show.
+    split = report["blocks"] if "yosys_blocks" in report.get("logs", {}) else {}
     for block in _BLOCK_NAMES:
-        row[f"area_{block}_um2"] = report["blocks"].get(block, {}).get("area_um2")
-    pe = report["blocks"].get("pe")
+        row[f"area_{block}_um2"] = split.get(block, {}).get("area_um2")
+    pe = split.get("pe")
     row["area_per_pe_um2"] = round(pe["area_um2"] / pe["instances"], 2) if pe else None
     for block in STANDALONE_BLOCKS:
         row[f"fmax_{block}_mhz"] = standalone[block]["fmax_mhz"] if block in standalone else None
