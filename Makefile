@@ -87,7 +87,9 @@ clean:
 	rm -rf build sim_build .pytest_cache
 
 # ASIC flow: every size and its PE, array and epilogue alone; reports reused when nothing changed (docs/asic.md).
+# ASIC_OPTS: more options, e.g. --no-block-areas (skip the by-block mapping: at 16x16 another half hour of Yosys).
 ASIC_SIZES ?= 2,4,8,16
 ASIC_LIB ?= osu018
+ASIC_OPTS ?=
 asic: $(STAMP)
-	$(PY) -m hw.asic --sizes $(ASIC_SIZES) --blocks --library $(ASIC_LIB) --reuse
+	$(PY) -m hw.asic --sizes $(ASIC_SIZES) --blocks --library $(ASIC_LIB) --reuse $(ASIC_OPTS)
