@@ -53,7 +53,7 @@ class MemoryTiming(dict):
 
 
 #: Bumped when the flow's treatment of a netlist changes in a way its scripts do not show (part of the reuse key).
-FLOW_VERSION = 3
+FLOW_VERSION = 4
 
 #: The most loads ABC leaves on one net when it buffers the mapped logic.
 ABC_MAX_FANOUT = 16
@@ -234,6 +234,9 @@ def _sta_script(*, period_ns: float, io_delay_ns: float, lib: LibraryCells, driv
         "report_checks -path_delay max -format full -digits 4 -from [all_registers -clock_pins] "
         "-to [all_registers -data_pins]",
         'puts "== end =="',
+        # Every endpoint's worst slack, for the Fmax of each block in the whole design.
+        "report_checks -path_delay max -format end -group_count 10000000 -endpoint_count 1 -digits 4",
+        'puts "== endpoints end =="',
         "report_tns -digits 4",
         "exit",
     ]
@@ -287,6 +290,27 @@ def _logged_seconds(log: Path) -> float | None:
     except OSError:
         return None
     return float(found[-1]) if found else None
+
+
+_STA_ENDPOINT = re.compile(r"^(\S+?)(?:/(\w+))? \((\S+)\)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+) \((?:MET|VIOLATED)\)",
+                           re.M)
+
+
+def _block_fmax(text: str, period_ns: float, registers: dict, macro_types: set, design: str) -> dict:
+    """From ``report_checks -format end``: per block, the endpoint with the least slack and its Fmax."""
+    worst = {}
+    for instance, _pin, kind, _required, _arrival, slack in _STA_ENDPOINT.findall(text):
+        if kind == "output":
+            block = "outputs"
+        elif kind in macro_types:
+            block = "memories"
+        else:
+            block = block_of(_register_path(registers.get(instance, instance)), design)
+        slack = float(slack)
+        if block not in worst or slack < worst[block]["slack_ns"]:
+            worst[block] = {"slack_ns": slack, "endpoint": registers.get(instance, instance),
+                            "fmax_mhz": round(1000.0 / (period_ns - slack), 3) if period_ns > slack else None}
+    return dict(sorted(worst.items()))
 
 
 def _flop_outputs(netlist_text: str, flops) -> dict[str, str]:
@@ -608,6 +632,8 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
             register = registers.get(entry[side], entry[side])
             entry[f"{side}_register"] = register
             entry[f"{side}_block"] = block_of(_register_path(register), design)
+    block_fmax = _block_fmax(rest.partition("== end ==")[2].partition("== endpoints end ==")[0], period_ns,
+                             registers, macro_names, design)
     # OpenSTA names each pin's cell type on the path, "mem_act_mem/R0_Q3 (S8RAM_2048x64_1r1w)".
     path["through_memory"] = any(f"({t['type']})" in overall for t in macro_types)
     say(f"{tag} OpenSTA ({wall['sta']:.1f} s): worst path {path['delay_ns']:.3f} ns -> Fmax {path['fmax_mhz']} MHz")
@@ -640,6 +666,8 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
         "fanout_repair": fanout,
         "critical_path": path,
         "register_to_register_path": reg_path,
+        # The worst endpoint of each block in the whole design (macros: "memories", output ports: "outputs").
+        "block_fmax": block_fmax,
         "fmax_mhz": path["fmax_mhz"],
         "timing_met": path["met"],
         "modules": by_block["modules"],
