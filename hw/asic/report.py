@@ -28,7 +28,8 @@ ASIC_SCALING_COLUMNS = (
     "memory_bitcell_area_um2", "memory_as_flops_area_um2", "cells", "flops", "fmax_mhz", "critical_start",
     "critical_end", "critical_delay_ns", "critical_through_memory", "reg_fmax_mhz",
     *[f"area_{b}_um2" for b in _BLOCK_NAMES], "area_per_pe_um2",
-    *[f"fmax_{b}_mhz" for b in STANDALONE_BLOCKS], "wall_time_s", "blocks_wall_time_s", "report",
+    *[f"fmax_{b}_mhz" for b in STANDALONE_BLOCKS], *[f"fmax_in_design_{b}_mhz" for b in _BLOCK_NAMES],
+    "fmax_in_design_memories_mhz", "wall_time_s", "blocks_wall_time_s", "report",
 )
 
 
@@ -109,6 +110,8 @@ def _row(report: dict, standalone: dict) -> dict:
     row["area_per_pe_um2"] = round(pe["area_um2"] / pe["instances"], 2) if pe else None
     for block in STANDALONE_BLOCKS:
         row[f"fmax_{block}_mhz"] = standalone[block]["fmax_mhz"] if block in standalone else None
+    for block in (*_BLOCK_NAMES, "memories"):
+        row[f"fmax_in_design_{block}_mhz"] = (report.get("block_fmax") or {}).get(block, {}).get("fmax_mhz")
     row["blocks_wall_time_s"] = (round(sum(r.get("run_time_s", r["wall_time_s"]["total"])
                                            for r in standalone.values()), 2)
                                  if standalone else None)
@@ -144,7 +147,8 @@ def _cell(value, fmt="{:,.0f}"):
 
 
 def scaling_markdown(rows: list[dict]) -> str:
-    """The study as two Markdown tables: totals and timing per size, and area per block."""
+    """The study as three Markdown tables: totals and timing per size; area per block and the blocks' Fmax alone;
+    the Fmax of each block in the whole design (its worst endpoint in the accelerator's timing)."""
     out = ["| array | std-cell area um^2 | logic | flops | memory bits (macros) | bit-cell area um^2 | "
            "as flops um^2 | cells | flops | Fmax MHz | critical path | run time s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -161,6 +165,11 @@ def scaling_markdown(rows: list[dict]) -> str:
         alone = " / ".join(_cell(r[f"fmax_{b}_mhz"], "{:.1f}") for b in STANDALONE_BLOCKS)
         out.append(f"| {r['rows']}x{r['cols']} | " + " | ".join(_cell(r[f"area_{b}_um2"]) for b in _BLOCK_NAMES)
                    + f" | {_cell(r['area_per_pe_um2'])} | {alone} |")
+    blocks = [*_BLOCK_NAMES, "memories"]
+    out += ["", "| array | " + " | ".join(blocks) + " |", "|---|" + "---|" * len(blocks)]
+    for r in rows:
+        out.append(f"| {r['rows']}x{r['cols']} | "
+                   + " | ".join(_cell(r[f"fmax_in_design_{b}_mhz"], "{:.1f}") for b in blocks) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -130,6 +130,11 @@ def test_fmax_is_one_over_the_path_opensta_printed(fixture, request):
     assert f"set_input_delay {report['io_delay_ns']:g}" in tcl and f"set_output_delay {report['io_delay_ns']:g}" in tcl
     reg = report["register_to_register_path"]
     assert reg["fmax_mhz"] >= report["fmax_mhz"] - 1e-9
+    # Each block's Fmax in the design comes from its worst endpoint; the slowest block is the design's Fmax.
+    blocks = report["block_fmax"]
+    assert blocks and min(b["slack_ns"] for b in blocks.values()) == pytest.approx(slack, abs=1e-4)
+    for b in blocks.values():
+        assert b["fmax_mhz"] == pytest.approx(1000.0 / (period - b["slack_ns"]), rel=1e-5)
 
 
 def test_accumulator_is_a_macro_of_the_engines_shape(engine):
