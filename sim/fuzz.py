@@ -477,9 +477,10 @@ def _first_difference(a, b) -> str:
             f"golden {int(b[where[0]]):#04x}")
 
 
-def check_case(case: FuzzCase) -> dict:
+def check_case(case: FuzzCase, rtl=None) -> dict:
     """Run ``case`` on the golden simulator, the RTL and (legal programs) the cycle model; raise
-    :class:`Mismatch` naming the first difference. Returns a summary (error, cycles)."""
+    :class:`Mismatch` naming the first difference. Returns a summary (error, cycles). ``rtl``: the
+    :class:`~sim.verilator_backend.VerilatorAccelerator` to check (default: the generated design's, cached)."""
     from .cycle_model import predict
     from .isa_sim import IsaSimulator
 
@@ -503,8 +504,9 @@ def check_case(case: FuzzCase) -> dict:
                                  f"{early[0][0]}[{early[0][1]}:{early[0][2]}] before any instruction writes it")
         mark_written(ins, written)
     rtl_dram = image.copy()
-    rtl = accelerator(case.config).run(rtl_dram, case.prog_addr, case.prog_len, bus_errors=case.bus_errors,
-                                       max_cycles=_MAX_CYCLES)
+    model_rtl = rtl if rtl is not None else accelerator(case.config)
+    rtl = model_rtl.run(rtl_dram, case.prog_addr, case.prog_len, bus_errors=case.bus_errors,
+                        max_cycles=_MAX_CYCLES)
     problems = []
     if rtl.error != golden.error:
         problems.append(f"error {ErrorCode(rtl.error).name if rtl.error in ErrorCode._value2member_map_ else rtl.error}"
@@ -542,8 +544,8 @@ def check_case(case: FuzzCase) -> dict:
             problems.append(f"counters (RTL, cycle model) differ: {diff}")
     if legal and case.latency and not problems:
         second = image.copy()
-        slow = accelerator(case.config).run(second, case.prog_addr, case.prog_len, max_cycles=_MAX_CYCLES,
-                                            **case.latency)
+        slow = model_rtl.run(second, case.prog_addr, case.prog_len, max_cycles=_MAX_CYCLES,
+                             **case.latency)
         if slow.error != ErrorCode.NONE:
             problems.append(f"under memory latency {case.latency['read_latency']}/{case.latency['write_latency']} "
                             f"and back-pressure the RTL reports {slow.error!r}")

@@ -471,7 +471,7 @@ def _slug(c: HardwareConfig) -> str:
 
 
 def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None, options: BuildOptions | None = None,
-                  log=_default_log) -> HarnessBuild:
+                  log=_default_log, verilog: Path | str | None = None) -> HarnessBuild:
     """Generate, Verilate and compile the harness for ``config`` unless a cached build exists.
 
     ``options`` (default :data:`FAST`) says how; ``log(text)`` receives progress lines of the slow steps (Verilog
@@ -479,9 +479,15 @@ def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None
     None: silent). Raises :class:`sim.cocotb_runner.SimulatorMissing` when Verilator, make or g++ is missing and
     :class:`VerilatorBuildError` (naming the log) when the build fails. The build folder keeps the exact Verilog it
     was built from (``accelerator.v``, ``s8_top.v``) next to the library and the log.
+
+    ``verilog``, if given, is a Verilog file of module ``accelerator`` built instead of the generated one (a netlist
+    mutant, ``sim.netlist_mutation``): the cache key hashes its text, its ports are taken from the generated
+    design's description, and its builds are kept apart (``<configuration>-given``) so they never prune the
+    generated design's.
     """
     import hw.generate
 
+    given = verilog
     options = options or default_options()
     if not isinstance(options, BuildOptions):
         raise TypeError(f"options must be a BuildOptions (e.g. sim.verilator_backend.FAST), not "
@@ -498,13 +504,18 @@ def build_harness(config: HardwareConfig, *, build_dir: Path | str | None = None
         with _Heartbeat(log, f"verilator: generating the {what} accelerator's Verilog "
                         f"({last_comparable(build_dir, slug, options, 'generate_s')}) ...") as beat:
             kwargs = {"dsp_pes": dsp_pes} if dsp_pes else {}
-            verilog, description = hw.generate.generate_accelerator(
+            generated, description = hw.generate.generate_accelerator(
                 rows=c.rows, cols=c.cols, act_depth=c.act_depth, wgt_depth=c.wgt_depth, acc_depth=c.acc_depth,
                 param_depth=c.param_depth, data_width=8 * c.bus_bytes, out_dir=rtl_dir, **kwargs)
         if beat.seconds > 2:
             _remember(build_dir, f"{slug}|{options.name}", generate_s=beat.seconds)
-        verilog_text = verilog.read_bytes()
+        verilog, verilog_text = generated, generated.read_bytes()
         ports = json.loads(description.read_text())["ports"]
+    if given is not None:
+        verilog, slug = Path(given).resolve(), f"{slug}-given"
+        if not verilog.is_file():
+            raise FileNotFoundError(f"verilog={str(given)!r}: no such Verilog file to build")
+        verilog_text = verilog.read_bytes()
     wrapper = wrapper_verilog(ports)
     key = _cache_key(verilog_text, wrapper, c.bus_bytes, options)
     out = build_dir / f"{slug}-{options.name}-{key[:16]}"
@@ -668,6 +679,8 @@ class VerilatorAccelerator:
         names another; :data:`BASELINE` is the harness before the speed work).
     log : callable, optional
         ``log(text)`` gets the progress lines of a build that has to run (default: stderr; None: silent).
+    verilog : path, optional
+        A Verilog file of module ``accelerator`` to build instead of the generated one (:func:`build_harness`).
 
     Attributes
     ----------
@@ -681,13 +694,13 @@ class VerilatorAccelerator:
     """
 
     def __init__(self, config: HardwareConfig, *, build_dir: Path | str | None = None,
-                 options: BuildOptions | None = None, log=_default_log):
+                 options: BuildOptions | None = None, log=_default_log, verilog: Path | str | None = None):
         self._handle = None
         if not isinstance(config, HardwareConfig):
             raise TypeError(f"config must be a hw.isa.HardwareConfig, not {type(config).__name__}")
         if config.bus_bytes not in (4, 8, 16):
             raise ValueError(f"HardwareConfig.bus_bytes must be 4, 8 or 16, not {config.bus_bytes!r}")
-        build = build_harness(config, build_dir=build_dir, options=options, log=log)
+        build = build_harness(config, build_dir=build_dir, options=options, log=log, verilog=verilog)
         lib = _load(build.library)
         if lib.s8_bus_bytes() != config.bus_bytes:
             raise VerilatorBuildError(f"{build.library} was built for a {lib.s8_bus_bytes()}-byte bus, "
