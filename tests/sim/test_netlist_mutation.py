@@ -1,0 +1,44 @@
+"""The netlist mutation tier (``make mutate-netlist`` runs the campaign): Yosys's ``mutate -list`` parsed into
+applicable mutations, the unmutated round-trip netlist passing the fuzz slice, and a known-observable netlist
+mutant (``irq`` stuck at 0) killed by it."""
+
+import pytest
+
+from hw.eda import canonical_verilog
+from sim import netlist_mutation as nm
+
+SEED = 20_261_202
+
+
+def test_parse_list_reads_a_yosys_line_and_rejects_junk():
+    line = (r"mutate -mode cnot1 -module accelerator -cell $flatten\master.$procdff$10535 -port D -portbit 5 "
+            r"-ctrlbit 29 -wire master.$153 -wirebit 5 -src design.v:14259.14-14259.19 -src /x/hw/axi.py:55")
+    (m,) = nm.parse_list(line + "\n\n")
+    assert (m.mode, m.cell, m.port, m.portbit, m.ctrlbit) == ("cnot1", r"$flatten\master.$procdff$10535", "D", 5, 29)
+    assert m.hw_sources() == ["hw/axi.py:55"]
+    assert m.command() == (r"mutate -mode cnot1 -module accelerator -cell $flatten\master.$procdff$10535 -port D "
+                           r"-portbit 5 -ctrlbit 29")
+    with pytest.raises(ValueError, match="line 1"):
+        nm.parse_list("mutate -mode flip -module m -cell c -port A -portbit 0")
+    with pytest.raises(ValueError, match="unknown option"):
+        nm.parse_list("mutate -mode inv -module m -cell c -port A -portbit 0 -colour red")
+
+
+def test_netlist_mutants_apply_and_a_stuck_irq_is_killed(tmp_path):
+    verilog = nm._accelerator_verilog("2x2", tmp_path / "generated")
+    listed = nm.prepare(verilog, tmp_path / "sample", 12, SEED)
+    assert len(listed) == 12 and len({m.command() for m in listed}) == 12, listed
+    assert all(m.mode in nm.MODES and m.module == "accelerator" and m.cell for m in listed)
+    original, mutants = nm.apply_all(tmp_path / "sample", listed)
+    assert all(p.is_file() for p in mutants)
+    # Every mutant is applied: its netlist differs, or opt removed it (the bit drives nothing).
+    reference = canonical_verilog(original.read_text())
+    assert any(canonical_verilog(p.read_text()) != reference for p in mutants)
+
+    (stuck,) = nm.prepare(verilog, tmp_path / "irq", 1, SEED, filters=r"-mode const0 -wire \irq")
+    original, (mutant,) = nm.apply_all(tmp_path / "irq", [stuck])
+    assert canonical_verilog(mutant.read_text()) != canonical_verilog(original.read_text())
+    base = nm.kill_check("2x2", original, 12, SEED)
+    assert base == {"killed": False, "cases": 12, "build_s": base["build_s"]}, f"seed {SEED}: {base}"
+    killed = nm.kill_check("2x2", mutant, 12, SEED)
+    assert killed["killed"] and killed["by"] == "watchdog", f"seed {SEED}: {killed}"
