@@ -8,14 +8,16 @@ own ``mutate`` pass, which reaches faults no source edit names: a bit of any cel
 1. The accelerator's Verilog for one fuzz configuration (default the 2x2; one-multiplier PEs, the netlist the
    suite's Verilator backend simulates) is read into Yosys (YoWASP), ``proc; flatten``-ed and saved;
    ``mutate -list N -seed S`` samples N mutations evenly over the design's cells and bits.
-2. Each mutation is applied alone to the saved design, then ``opt`` and ``write_verilog``; the unmutated design
-   goes through the same ``opt``. A mutant whose optimised netlist equals the original's is ``optimised-away``
-   (the mutated bit drives nothing, or its value is already what the mutation forces).
+2. Each mutation is applied alone to the saved design (one Yosys run each), then ``opt`` and ``write_verilog``;
+   the unmutated design goes through the same ``opt``. A mutant whose optimised netlist equals the original's
+   (generated names renumbered, :func:`hw.eda.canonical_verilog`) is ``optimised-away`` (the mutated bit drives
+   nothing, or already has the forced value). The comparison is textual, so it is conservative: a mutant ``opt``
+   leaves as a renamed dangling bit counts as observable and shows up as a survivor to argue.
 3. The unmutated round-trip netlist must pass the kill check (else the flow itself is wrong and the run stops);
    then every mutant is Verilated (``VerilatorAccelerator(verilog=...)``, the ``nopgo`` build) and checked on the
    fuzz slice: :func:`sim.fuzz.check_case` on ``--programs`` seeded cases (legal and illegal programs, golden
    simulator and cycle model against the RTL). A mismatch, an error-code or counter difference, a watchdog
-   timeout or an AXI protocol violation kills it. Survivors are listed with their Yosys location (module, cell,
+   timeout, an AXI protocol violation or a harness check (``irq`` without DONE) kills it. Survivors are listed with their Yosys location (module, cell,
    port, bit, the Amaranth source lines of the cell).
 
 Results: ``build/reports/netlist_mutation.json`` and ``.md`` (beside the catalogue's ``mutation.json``).
@@ -166,6 +168,9 @@ def kill_check(config_name: str, verilog: Path, programs: int, seed: int, build_
             except AxiProtocolError as exc:
                 return {"killed": True, "by": "axi-protocol", "detail": f"case {index}: {exc}"[:300],
                         "cases": index + 1, "build_s": build_s}
+            except RuntimeError as exc:     # the harness's own checks (e.g. irq without DONE): a driver sees it
+                return {"killed": True, "by": "harness", "detail": f"case {index}: {exc}"[:300],
+                        "cases": index + 1, "build_s": build_s}
         return {"killed": False, "cases": programs, "build_s": build_s}
     finally:
         rtl.close()
@@ -209,6 +214,7 @@ def main(argv=None) -> int:
     import os
 
     from . import fuzz
+    from .verilator_backend import VerilatorBuildError
 
     parser = argparse.ArgumentParser(prog="python -m sim.netlist_mutation", description=__doc__.splitlines()[0])
     parser.add_argument("--netlist", type=int, default=int(os.environ.get("NETLIST_MUTANTS") or 30),
@@ -255,7 +261,7 @@ def main(argv=None) -> int:
         else:
             try:
                 outcome = kill_check(args.config, path, args.programs, args.seed)
-            except Exception as exc:     # a mutant Verilator rejects: reported, not a kill
+            except VerilatorBuildError as exc:     # a mutant Verilator rejects: reported, not a kill
                 outcome = {"killed": None, "detail": f"{type(exc).__name__}: {exc}"[:300]}
             if outcome["killed"] is None:
                 record.update(status="build-error", detail=outcome["detail"])
