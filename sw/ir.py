@@ -498,17 +498,13 @@ def _same_quant(node, inputs, output):
 
 
 @dataclass(frozen=True, eq=False)
-class AveragePool2D(Node):
-    """Average pool; the sum of the in-bounds taps divided by their count, rounded half away from zero (TFLite).
-
-    Input and output share one quantization."""
+class _Pool2D(Node):
+    """The fields and checks both pools share: window, stride, padding and the output clamp."""
     filter: tuple = (2, 2)
     stride: tuple = (2, 2)
     padding: tuple = (0, 0, 0, 0)
     act_min: int = -128
     act_max: int = 127
-
-    op: ClassVar[str] = "average_pool2d"
 
     def _check(self):
         _pool_check(self)
@@ -520,23 +516,17 @@ class AveragePool2D(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class MaxPool2D(Node):
+class AveragePool2D(_Pool2D):
+    """Average pool; the sum of the in-bounds taps divided by their count, rounded half away from zero (TFLite).
+
+    Input and output share one quantization."""
+    op: ClassVar[str] = "average_pool2d"
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool2D(_Pool2D):
     """Max pool over the in-bounds taps (padding ignored); input and output share one quantization."""
-    filter: tuple = (2, 2)
-    stride: tuple = (2, 2)
-    padding: tuple = (0, 0, 0, 0)
-    act_min: int = -128
-    act_max: int = 127
-
     op: ClassVar[str] = "max_pool2d"
-
-    def _check(self):
-        _pool_check(self)
-
-    def infer(self, inputs):
-        return _pool_infer(self, inputs)
-
-    check_quant = _same_quant
 
 
 @dataclass(frozen=True, eq=False)
