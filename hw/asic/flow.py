@@ -53,7 +53,7 @@ class MemoryTiming(dict):
 
 
 #: Bumped when the flow's treatment of a netlist changes in a way its scripts do not show (part of the reuse key).
-FLOW_VERSION = 4
+FLOW_VERSION = 5
 
 #: The most loads ABC leaves on one net when it buffers the mapped logic.
 ABC_MAX_FANOUT = 16
@@ -411,8 +411,8 @@ def _memory_entries(memories: list[dict], lib: LibraryCells, library) -> list[di
                 cell=m["cell"], instance=m["instance"],
                 # Storage alone if it were the library's flops (no decoder, no read multiplexer: a lower bound).
                 flop_area_um2=round(m["bits"] * lib.area[flop], 2),
-                # Bit cells alone at the published density (no periphery: a lower bound of a compiled SRAM).
-                sram_bitcell_area_um2=round(m["bits"] * library.sram_bitcell_um2, 2))
+                # At the area per bit of a real 180 nm SRAM macro, periphery included (docs/asic.md).
+                sram_macro_area_um2=round(m["bits"] * library.sram_macro_um2_per_bit, 2))
         out.append(entry)
     return out
 
@@ -603,7 +603,7 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
         by_block = summary
 
     # ---- Static timing.
-    macro_area = {m["cell"]: m["sram_bitcell_area_um2"] for m in mem_entries if m["implementation"] == "macro"}
+    macro_area = {m["cell"]: m["sram_macro_area_um2"] for m in mem_entries if m["implementation"] == "macro"}
     if macro_types:
         (work / "macros.lib").write_text(macro_liberty(
             [dict(t, area_um2=macro_area[t["type"]]) for t in macro_types],
@@ -657,9 +657,9 @@ def synthesize(*, design: str = "accelerator", rows: int = 8, cols: int = 8, acc
             "macro_bits": sum(m["bits"] for m in macros),
             "flop_bits": sum(m["bits"] for m in mem_entries if m["implementation"] == "flops"),
             "macro_flop_area_um2": round(sum(m["flop_area_um2"] for m in macros), 2),
-            "macro_sram_bitcell_area_um2": round(sum(m["sram_bitcell_area_um2"] for m in macros), 2),
+            "macro_sram_area_um2": round(sum(m["sram_macro_area_um2"] for m in macros), 2),
             "flop_cell": lib_info.load_cell, "flop_cell_area_um2": cells_lib.area[lib_info.load_cell],
-            "sram_bitcell_um2": lib_info.sram_bitcell_um2, "sram_bitcell_source": lib_info.sram_bitcell_source,
+            "sram_macro_um2_per_bit": lib_info.sram_macro_um2_per_bit, "sram_macro_source": lib_info.sram_macro_source,
             "timing": dict(timing, source="assumed: no SRAM compiler for this library (docs/asic.md)"),
             "list": mem_entries,
         },

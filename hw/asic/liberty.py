@@ -38,10 +38,10 @@ class Library:
     buffer_cell: str
     buffer_in: str
     buffer_out: str
-    #: A published 6T SRAM bit cell of the same process generation (um^2) and where it was published: the
-    #: memories' area estimate when no SRAM compiler is available.
-    sram_bitcell_um2: float
-    sram_bitcell_source: str
+    #: The area per bit (um^2) of a real SRAM macro of the same process generation, periphery included, and
+    #: where the figure comes from: the memories' area estimate when the library has no SRAM compiler.
+    sram_macro_um2_per_bit: float
+    sram_macro_source: str
 
     def path(self) -> Path:
         """The Liberty file; :class:`~hw.eda.ToolMissing` naming the package and its install command if absent."""
@@ -61,9 +61,11 @@ LIBRARIES = {
                     "1.8 V 25 C",
         driver_cell="BUFX2", driver_pin="Y", load_cell="DFFPOSX1", load_pin="D",
         buffer_cell="BUFX4", buffer_in="A", buffer_out="Y",
-        sram_bitcell_um2=5.59,
-        sram_bitcell_source="Intel 180 nm generation 6T SRAM cell, 5.59 um^2 (S. Yang et al., 'A high performance "
-                            "180 nm generation logic technology', IEDM 1998)"),
+        # 209,400.2768 um^2 for 512 x 8 bits: the `area` of gf180mcu_fd_ip_sram__sram512x8m8wm1 in its Liberty
+        # files (google/globalfoundries-pdk-ip-gf180mcu_fd_ip_sram, Apache-2.0), the open 180 nm PDK's SRAM.
+        sram_macro_um2_per_bit=round(209400.2768 / (512 * 8), 3),
+        sram_macro_source="GF180MCU gf180mcu_fd_ip_sram__sram512x8m8wm1, a 512 x 8 single-port SRAM macro of the "
+                          "open GlobalFoundries 180 nm PDK: 209,400 um^2 for 4,096 bits (its Liberty area)"),
 }
 DEFAULT_LIBRARY = "osu018"
 

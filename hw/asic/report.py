@@ -25,7 +25,7 @@ _BLOCK_NAMES = [b for b, _ in BLOCKS]
 
 ASIC_SCALING_COLUMNS = (
     "rows", "cols", "area_um2", "logic_area_um2", "flop_area_um2", "memory_macro_bits", "memory_flop_bits",
-    "memory_bitcell_area_um2", "memory_as_flops_area_um2", "cells", "flops", "fmax_mhz", "critical_start",
+    "memory_sram_area_um2", "memory_as_flops_area_um2", "cells", "flops", "fmax_mhz", "critical_start",
     "critical_end", "critical_delay_ns", "critical_through_memory", "reg_fmax_mhz",
     *[f"area_{b}_um2" for b in _BLOCK_NAMES], "area_per_pe_um2",
     *[f"fmax_{b}_mhz" for b in STANDALONE_BLOCKS], *[f"fmax_in_design_{b}_mhz" for b in _BLOCK_NAMES],
@@ -58,9 +58,9 @@ def format_report(report: dict) -> str:
         lines.append(f"memories as SRAM macros ({mem['macro_bits']:,} bits; not in the area above):")
         for m in macros:
             lines.append(f"  {m['name']:28} {m['depth']:>5} x {m['width']:<4} {m['bits']:>8,} bits  "
-                         f"bit cells {_um2(m['sram_bitcell_area_um2'])} um^2, as {mem['flop_cell']} "
+                         f"as SRAM {_um2(m['sram_macro_area_um2'])} um^2, as {mem['flop_cell']} "
                          f"{_um2(m['flop_area_um2'])} um^2")
-        lines.append(f"  bit cells at {mem['sram_bitcell_um2']} um^2 ({mem['sram_bitcell_source']}); "
+        lines.append(f"  SRAM at {mem['sram_macro_um2_per_bit']} um^2 a bit ({mem['sram_macro_source']}); "
                      f"assumed interface: access {mem['timing']['access_ns']} ns, setup {mem['timing']['setup_ns']} ns")
     if mem["flop_bits"]:
         lines.append(f"memories as flops: {mem['flop_bits']:,} bits (FIFOs; in the standard-cell area)")
@@ -94,7 +94,7 @@ def _row(report: dict, standalone: dict) -> dict:
     row = {"rows": report["rows"], "cols": report["cols"], "area_um2": report["area_um2"],
            "logic_area_um2": report["logic_area_um2"], "flop_area_um2": report["flop_area_um2"],
            "memory_macro_bits": mem["macro_bits"], "memory_flop_bits": mem["flop_bits"],
-           "memory_bitcell_area_um2": mem["macro_sram_bitcell_area_um2"],
+           "memory_sram_area_um2": mem["macro_sram_area_um2"],
            "memory_as_flops_area_um2": mem["macro_flop_area_um2"],
            "cells": report["cells"], "flops": report["flops"], "fmax_mhz": report["fmax_mhz"],
            "critical_start": path.get("start_register", path["start"]),
@@ -149,13 +149,13 @@ def _cell(value, fmt="{:,.0f}"):
 def scaling_markdown(rows: list[dict]) -> str:
     """The study as three Markdown tables: totals and timing per size; area per block and the blocks' Fmax alone;
     the Fmax of each block in the whole design (its worst endpoint in the accelerator's timing)."""
-    out = ["| array | std-cell area um^2 | logic | flops | memory bits (macros) | bit-cell area um^2 | "
+    out = ["| array | std-cell area um^2 | logic | flops | memory bits (macros) | as SRAM um^2 | "
            "as flops um^2 | cells | flops | Fmax MHz | critical path | run time s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['rows']}x{r['cols']} | {_cell(r['area_um2'])} | {_cell(r['logic_area_um2'])} | "
                    f"{_cell(r['flop_area_um2'])} | {_cell(r['memory_macro_bits'])} | "
-                   f"{_cell(r['memory_bitcell_area_um2'])} | {_cell(r['memory_as_flops_area_um2'])} | "
+                   f"{_cell(r['memory_sram_area_um2'])} | {_cell(r['memory_as_flops_area_um2'])} | "
                    f"{_cell(r['cells'])} | {_cell(r['flops'])} | {_cell(r['fmax_mhz'], '{:.1f}')} | "
                    f"{r['critical_delay_ns']:.2f} ns, `{r['critical_start']}` -> `{r['critical_end']}` | "
                    f"{_cell(r['wall_time_s'], '{:.0f}')} |")
@@ -218,8 +218,8 @@ def _plot(rows, *, library, path):
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.plot(x, [r["area_um2"] / 1e6 for r in rows], marker="o", label="standard cells (logic + flops)")
-    ax.plot(x, [r["memory_bitcell_area_um2"] / 1e6 for r in rows], marker="s", linestyle="--",
-            label="memories: SRAM bit cells (estimate)")
+    ax.plot(x, [r["memory_sram_area_um2"] / 1e6 for r in rows], marker="s", linestyle="--",
+            label="memories: as 180 nm SRAM macros (estimate)")
     ax.plot(x, [r["memory_as_flops_area_um2"] / 1e6 for r in rows], marker="^", linestyle=":",
             label="memories: as library flops (estimate)")
     ax.set_yscale("log")

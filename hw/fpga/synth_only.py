@@ -21,7 +21,7 @@ from .flow import _run, inputs_digest, resolve_pe_multiplier, tool_versions
 from .pin_ring import PinRing
 from .targets import RESOURCE_KINDS, get_target
 
-__all__ = ["ACCELERATOR_PARAMETERS", "synth_cells", "resources_from_cells"]
+__all__ = ["ACCELERATOR_PARAMETERS", "synth_cells", "resources_from_cells", "inputs_sha256"]
 
 #: The accelerator parameters a synth-only run takes, with the accelerator's defaults.
 ACCELERATOR_PARAMETERS = {"rows": 8, "cols": 8, "act_depth": 2048, "wgt_depth": 2048, "acc_depth": 512,
@@ -35,15 +35,8 @@ def resources_from_cells(target, cells: dict[str, int]) -> dict[str, int]:
     return {kind: tgt.resources[kind].yosys_count(cells) for kind in RESOURCE_KINDS}
 
 
-def synth_cells(*, target: str = "ecp5-85k", build_dir="build", timeout_s: float = 3600.0, log=None,
-                **parameters) -> dict:
-    """Synthesize one accelerator configuration with Yosys (no place-and-route); return a record with the
-    parameters, the Yosys cells, :func:`resources_from_cells`, the wall time and the digest. Cached."""
-    say = log or (lambda line: None)
-    unknown = set(parameters) - set(ACCELERATOR_PARAMETERS)
-    if unknown:
-        raise ValueError(f"unknown accelerator parameter(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(ACCELERATOR_PARAMETERS)}")
+def _inputs(target: str, parameters: dict) -> tuple[dict, str, str]:
+    """The full parameters, the Verilog and the cache digest of a synth-only run."""
     tgt = get_target(target)
     params = {**ACCELERATOR_PARAMETERS, **parameters}
     params["pe_multiplier"] = resolve_pe_multiplier(params["pe_multiplier"], tgt)
@@ -54,7 +47,26 @@ def synth_cells(*, target: str = "ecp5-85k", build_dir="build", timeout_s: float
     component = Accelerator(**params)          # validates the parameters
     text = verilog.convert(PinRing(component), name="top",
                            platform=ECP5Primitives() if tgt.family == "ecp5" else None)
-    digest = inputs_digest(text, ["synth-only", target, tgt.synth_command, tool_versions(tgt)])
+    return params, text, inputs_digest(text, ["synth-only", target, tgt.synth_command, tool_versions(tgt)])
+
+
+def inputs_sha256(*, target: str = "ecp5-85k", **parameters) -> str:
+    """The digest a synth-only run of this configuration would be cached under (the Verilog, the synthesis
+    command and the tools' versions), without running it: what says whether a record is of the current design."""
+    return _inputs(target, parameters)[2]
+
+
+def synth_cells(*, target: str = "ecp5-85k", build_dir="build", timeout_s: float = 3600.0, log=None,
+                **parameters) -> dict:
+    """Synthesize one accelerator configuration with Yosys (no place-and-route); return a record with the
+    parameters, the Yosys cells, :func:`resources_from_cells`, the wall time and the digest. Cached."""
+    say = log or (lambda line: None)
+    unknown = set(parameters) - set(ACCELERATOR_PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown accelerator parameter(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(ACCELERATOR_PARAMETERS)}")
+    tgt = get_target(target)
+    params, text, digest = _inputs(target, parameters)
     cache = Path(build_dir) / "fpga" / "synth-only" / f"{digest[:20]}.json"
     label = "x".join(map(str, (params["rows"], params["cols"])))
     if cache.is_file():

@@ -15,9 +15,15 @@ The sweep (docs/explore.md):
    as fast with no more of every resource), the points inside the budget (``--max-luts/--max-dsp/--max-bram``,
    ``--min-fps``), and the recommendation: the cheapest (fewest LUTs) point within ``--tolerance`` of the fastest
    one in the budget.
-4. **Verification** (``--verify``, on by default): the recommended point's RTL cycles on the model (Verilator)
-   equal the prediction, its Yosys resources are within the resource model's measured error, and its Fmax is
-   measured by place-and-route (the flow's report cache is reused; an 8x8 takes about 8 minutes on two cores).
+4. **Place-and-route of the finalists** (``--pnr-points K``, default 3): the recommended point and the K-1 points
+   of the in-budget frontier nearest it in throughput (distinct hardware: the batch does not change the design)
+   are placed and routed (in parallel, through the same sweep runner; the flow's report cache is reused; an 8x8
+   takes about 8 minutes of a core). Their measured Fmax and packed LUTs replace the estimates, and the
+   recommendation is made again among them on measured figures alone (``recommended_before_pnr`` keeps the first
+   one).
+5. **Verification** (``--verify``, on by default): the recommended point's RTL cycles on the model (Verilator)
+   equal the prediction, its Yosys resources are within the resource model's measured error, and its Fmax is the
+   measured one.
 
 Writes ``OUT/explore.json``, ``OUT/frontier.csv``, ``OUT/frontier.png`` (default ``build/explore/<model>``); the
 points run through :func:`sw.sweep.run_sweep` (a local process pool, or Dask with ``--cluster``).
@@ -38,7 +44,8 @@ from pathlib import Path
 from hw.isa import HardwareConfig
 
 __all__ = ["Point", "MEASURED_FMAX", "add_arguments", "run", "main", "pareto", "recommend", "evaluate_cycles",
-           "fmax_estimate", "explore", "design_points", "fits_budget"]
+           "fmax_estimate", "explore", "design_points", "fits_budget", "finalists", "apply_place_and_route",
+           "pnr_finalists", "place_and_route"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "mnist_int8.npz"
@@ -330,6 +337,10 @@ def explore(model=DEFAULT_MODEL, *, target="ecp5-85k", sizes=DEFAULT_SIZES, max_
     from hw.fpga.resource_model import load_model
     t_start = time.monotonic()
     resource_model = load_model(target)
+    from hw.fpga.resource_model import stale
+    stale_fit = stale(resource_model)
+    if stale_fit:
+        say(f"warning: {stale_fit}; its stated errors are not of this design")
     budget = budget or Budget.for_target(target)
     points = design_points(target, sizes, max_aspect=max_aspect, bus_bytes=bus_bytes, multipliers=multipliers)
     points = [replace(p, batch=batch) for p in points]
@@ -373,7 +384,8 @@ def explore(model=DEFAULT_MODEL, *, target="ecp5-85k", sizes=DEFAULT_SIZES, max_
     chosen, why = recommend(rows, budget, tolerance)
     return {"model": str(model), "target": target, "budget": asdict(budget), "tolerance": tolerance,
             "resource_model": {"path": str(Path(resource_model_path(target)).relative_to(ROOT)),
-                               "errors": resource_model.errors, "packing": resource_model.packing},
+                               "errors": resource_model.errors, "packing": resource_model.packing,
+                               "stale": stale_fit},
             "fmax_note": "Fmax is measured where a place-and-route report of that configuration is cached "
                          "(fmax_source says so), else estimated from the measured figures in docs/fpga.md",
             "points": len(rows), "frontier": frontier, "frontier_luts": pareto_2d(rows),
@@ -390,16 +402,18 @@ def resource_model_path(target):
 # ---------------------------------------------------------------------------------------------------------------
 # Output
 
-def table(rows: list[dict], *, limit=None) -> str:
+def table(rows: list[dict], *, limit=None, placed=False) -> str:
+    """The rows as a text table ('~' marks an estimated Fmax); ``placed`` adds the LUTs nextpnr packed."""
     head = (f"{'point':<34} {'cycles/inf':>11} {'util':>6} {'Fmax':>6} {'inf/s':>9} {'lat ms':>7} "
-            f"{'LUTs':>7} {'FFs':>7} {'DSP':>4} {'BRAM':>4}")
+            f"{'LUTs':>7} {'FFs':>7} {'DSP':>4} {'BRAM':>4}" + (f" {'placed':>7}" if placed else ""))
     lines = [head, "-" * len(head)]
     for r in rows[:limit]:
         res = r["resources"]
         est = "~" if r["fmax_source"].startswith("estimate") else " "
         lines.append(f"{r['label']:<34} {r['cycles_per_inference']:>11,.0f} {100 * r['utilization']:>5.1f}% "
                      f"{est}{r['fmax_mhz']:>5.1f} {r['fps']:>9,.0f} {r['latency_ms']:>7.2f} "
-                     f"{res['packed_luts']:>7,} {res['ffs']:>7,} {res['dsp']:>4} {res['bram']:>4}")
+                     f"{res['packed_luts']:>7,} {res['ffs']:>7,} {res['dsp']:>4} {res['bram']:>4}"
+                     + (f" {r['placed']['packed_luts']:>7,}" if placed and "placed" in r else ""))
     return "\n".join(lines)
 
 
@@ -573,7 +587,7 @@ def verify(result: dict, *, build_dir="build", pnr=True, pnr_timeout=7200, image
     for kind in ("luts", "ffs", "dsp", "bram"):
         measured = record["resources"][kind]
         err = 100.0 * (pred[kind] - measured) / measured if measured else 0.0
-        allowed = model.errors[kind]["held_out_max_abs_pct"]
+        allowed = model.errors[kind].get("stated_pct", model.errors[kind]["held_out_max_abs_pct"])
         res_checks[kind] = {"measured": measured, "predicted": pred[kind], "error_pct": round(err, 2),
                             "stated_error_pct": allowed, "within": abs(err) <= max(allowed, 0.0) + 1e-9}
     checks["resources"] = res_checks
@@ -592,17 +606,108 @@ def verify(result: dict, *, build_dir="build", pnr=True, pnr_timeout=7200, image
                             accelerator_params=point.flow_params,
                             bitstream=False, reuse=True, build_dir=build_dir, timeout_s=pnr_timeout, log=say)
         fmax = report.get("fmax_mhz")
-        checks["pnr"] = {"fmax_mhz": fmax, "estimated_mhz": chosen["fmax_mhz"], "report": report["report_path"],
+        estimated = chosen.get("fmax_estimated_mhz", chosen["fmax_mhz"])
+        checks["pnr"] = {"fmax_mhz": fmax, "estimated_mhz": estimated, "report": report["report_path"],
                          "packed_luts": report["resources"]["luts"]["count"],
                          "packed_luts_predicted": pred["packed_luts"],
                          "limited_by": report.get("limited_by"), "wall_s": round(time.monotonic() - t0, 1),
                          "fps_measured_fmax": fmax * 1e6 / chosen["cycles_per_inference"] if fmax else None}
-        say(f"  Fmax {fmax} MHz measured (estimate was {chosen['fmax_mhz']} MHz): "
+        say(f"  Fmax {fmax} MHz measured (estimate was {estimated} MHz): "
             f"{checks['pnr']['fps_measured_fmax']:,.0f} inferences/s; packed LUTs "
             f"{checks['pnr']['packed_luts']:,} (predicted {pred['packed_luts']:,})")
     checks["ok"] = bool(checks["rtl"]["equal"] and checks["rtl"]["outputs_match_reference"]
                         and all(v["within"] for v in res_checks.values()))
     return checks
+
+
+def _hardware_key(row: dict) -> str:
+    """What place-and-route depends on: the point without its batch size."""
+    return json.dumps({k: v for k, v in row["point"].items() if k != "batch"}, sort_keys=True)
+
+
+def finalists(result: dict, k: int) -> list[dict]:
+    """The points whose Fmax decides the recommendation: the recommended one and the ``k - 1`` points of the
+    in-budget frontier nearest it in throughput, one per hardware configuration."""
+    chosen = result["recommended"]
+    if chosen is None or k < 1:
+        return []
+    picked, seen = [chosen], {_hardware_key(chosen)}
+    for row in sorted(result["in_budget_frontier"], key=lambda r: abs(math.log(r["fps"] / chosen["fps"]))):
+        if len(picked) >= k:
+            break
+        if _hardware_key(row) not in seen:
+            picked.append(row)
+            seen.add(_hardware_key(row))
+    return picked
+
+
+def place_and_route(job) -> dict:
+    """``job = (target, Point fields, build dir, timeout)``: the FPGA flow (Yosys, nextpnr; no bitstream) on that
+    point, reusing the flow's report cache; ``{fmax_mhz, packed_luts, dsp, bram, report, limited_by, wall_s}``.
+    Runs in a sweep worker."""
+    target, fields, build_dir, timeout = job
+    point = Point(**fields)
+    from hw.fpga.flow import synthesize
+    t0 = time.monotonic()
+    report = synthesize(target=target, rows=point.rows, cols=point.cols, acc_depth=point.acc_depth,
+                        dsp_pes=point.dsp_pes, pe_multiplier=point.pe_multiplier,
+                        accelerator_params=point.flow_params, bitstream=False, reuse=True, build_dir=build_dir,
+                        timeout_s=timeout)
+    res = report["resources"]
+    return {"fmax_mhz": report.get("fmax_mhz"), "packed_luts": res["luts"]["count"], "dsp": res["dsp"]["count"],
+            "bram": res["bram"]["count"], "report": report.get("report_path"), "limited_by": report.get("limited_by"),
+            "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def apply_place_and_route(result: dict, measured: dict[str, dict], budget: Budget) -> None:
+    """Put the measured figures (``{hardware key: place_and_route() result}``) into every row of that hardware
+    and recommend again among the measured finalists only (their packed LUTs, DSPs and BRAMs as placed)."""
+    for row in result["all"]:
+        m = measured.get(_hardware_key(row))
+        if m is None or not m["fmax_mhz"]:
+            continue
+        row["fmax_estimated_mhz"] = row["fmax_mhz"]
+        row["fmax_mhz"], row["fmax_source"] = m["fmax_mhz"], f"measured: place-and-route report {m['report']}"
+        row["fps"] = m["fmax_mhz"] * 1e6 / row["cycles_per_inference"]
+        row["latency_ms"] = row["cycles_per_batch"] / (m["fmax_mhz"] * 1e3)
+        row["placed"] = {"packed_luts": m["packed_luts"], "dsp": m["dsp"], "bram": m["bram"]}
+    placed = [dict(r, resources={**r["resources"], **r["placed"]}) for r in result["all"] if "placed" in r]
+    result["recommended_before_pnr"] = result["recommended"]["label"] if result["recommended"] else None
+    chosen, why = recommend(placed, budget, result["tolerance"])
+    if chosen is None:
+        result["recommended"], result["why"] = None, (f"none of the {len(measured)} placed-and-routed finalists "
+                                                      f"fits the budget as placed: {why}")
+        return
+    # The row itself (with the model's resources; its placed figures under "placed").
+    result["recommended"] = next(r for r in result["all"] if r["label"] == chosen["label"])
+    result["why"] = (f"after place-and-route of {len(measured)} finalists (measured Fmax and packed LUTs): {why}"
+                     + ("" if chosen["label"] == result["recommended_before_pnr"] else
+                        f"; before place-and-route it was {result['recommended_before_pnr']}"))
+    result["frontier"] = pareto(result["all"])
+
+
+def pnr_finalists(result: dict, budget: Budget, *, k: int = 3, build_dir="build", timeout=7200, workers=None,
+                  cluster=None, say=_say) -> dict[str, dict]:
+    """Place and route :func:`finalists` (in parallel) and :func:`apply_place_and_route` the results."""
+    from sw.sweep import run_sweep
+    rows = finalists(result, k)
+    if not rows:
+        return {}
+    workers = min(len(rows), workers or 2)
+    say(f"place-and-route of {len(rows)} finalists, {workers} at a time (the flow's report cache is reused; an "
+        f"8x8 takes about 8 minutes of a core, a 16x16 about an hour): " + ", ".join(r["label"] for r in rows))
+    t0 = time.monotonic()
+
+    def progress(done, total, m):
+        say(f"  place-and-route {done}/{total} done ({time.monotonic() - t0:.0f} s): {m['fmax_mhz']} MHz, "
+            f"{m['packed_luts']:,} LUTs placed")
+
+    jobs = [(result["target"], r["point"], build_dir, timeout) for r in rows]
+    out = run_sweep(place_and_route, jobs, workers=workers, cluster=cluster, progress=progress)
+    measured = {_hardware_key(r): m for r, m in zip(rows, out)}
+    apply_place_and_route(result, measured, budget)
+    result["finalists"] = [{"label": r["label"], **m} for r, m in zip(rows, out)]
+    return measured
 
 
 def rtl_cycles(model_path, point: Point, *, images=None) -> dict:
@@ -678,6 +783,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip checking the recommended point on the RTL, Yosys and place-and-route")
     parser.add_argument("--no-pnr", dest="pnr", action="store_false", help="verify without place-and-route")
+    parser.add_argument("--pnr-points", type=int, default=3,
+                        help="finalists to place and route before the recommendation is final: the recommended "
+                             "point and its nearest in-budget frontier neighbours (default 3; 1: the recommended "
+                             "one only)")
     parser.add_argument("--pnr-timeout", type=float, default=7200, help="seconds per place-and-route tool run")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default build/explore/<model>)")
     parser.add_argument("--build-dir", default="build")
@@ -726,9 +835,10 @@ def run(args) -> int:
     print(f"Pareto frontier ({len(result['frontier'])} of {result['points']} points; '~' = Fmax estimated):")
     print(table(result["frontier"]))
     errs = result["resource_model"]["errors"]
-    print(f"resources: fitted model, held-out error LUTs {errs['luts']['held_out_max_abs_pct']:.1f}%, flops "
-          f"{errs['ffs']['held_out_max_abs_pct']:.1f}%, DSP {errs['dsp']['held_out_max_abs_pct']:.1f}%, BRAM "
-          f"{errs['bram']['held_out_max_abs_pct']:.1f}% (max); LUTs packed = Yosys x "
+    print(f"resources: fitted model, held-out error (max) LUTs {errs['luts']['held_out_max_abs_pct']:.2f}%, flops "
+          f"{errs['ffs']['held_out_max_abs_pct']:.2f}%, DSP {errs['dsp']['held_out_max_abs_pct']:.1f}%, BRAM "
+          f"{errs['bram']['held_out_max_abs_pct']:.1f}% (stated: LUTs {errs['luts']['stated_pct']:.1f}%, flops "
+          f"{errs['ffs']['stated_pct']:.1f}%); LUTs packed = Yosys x "
           f"{result['resource_model']['packing']:.3f}")
     print(f"{result['in_budget']} points fit the budget "
           f"({', '.join(f'{k} {v:,}' for k, v in result['budget'].items() if v is not None)})")
@@ -738,6 +848,23 @@ def run(args) -> int:
         return 1
     print(f"recommended: {result['recommended']['label']}: {result['why']}")
     status = 0
+    if args.verify and args.pnr and args.pnr_points > 0:
+        from hw.fpga.flow import FlowError
+        try:
+            pnr_finalists(result, budget, k=args.pnr_points, build_dir=args.build_dir, timeout=args.pnr_timeout,
+                          workers=args.workers, cluster=args.cluster)
+        except FlowError as exc:
+            result["verification"] = {"ok": False, "error": str(exc).splitlines()[0]}
+            print(f"place-and-route failed: {exc}", file=sys.stderr)
+            write_outputs(result, out)
+            return 1
+        print("finalists after place-and-route:")
+        print(table(sorted((r for r in result["all"] if "placed" in r), key=lambda r: -r["fps"]), placed=True))
+        if result["recommended"] is None:
+            print(f"no recommendation: {result['why']}")
+            write_outputs(result, out)
+            return 1
+        print(f"recommended: {result['recommended']['label']}: {result['why']}")
     if args.verify:
         try:
             result["verification"] = checks = verify(result, build_dir=args.build_dir, pnr=args.pnr,

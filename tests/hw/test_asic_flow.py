@@ -144,7 +144,7 @@ def test_accumulator_is_a_macro_of_the_engines_shape(engine):
     acc = macros[0]
     assert (acc["depth"], acc["width"], acc["bits"]) == (64, 2 * ACC_WIDTH, 64 * 2 * ACC_WIDTH)
     assert acc["read_ports"] == 2 and acc["write_ports"] == 1 and acc["sync_read"]
-    assert acc["sram_bitcell_area_um2"] == pytest.approx(acc["bits"] * LIB.sram_bitcell_um2)
+    assert acc["sram_macro_area_um2"] == pytest.approx(acc["bits"] * LIB.sram_macro_um2_per_bit)
     assert acc["flop_area_um2"] == pytest.approx(acc["bits"] * _liberty_areas()[LIB.load_cell])
     assert _netlist_cells(engine)[acc["cell"]] == 1
     assert engine["memories"]["macro_bits"] == acc["bits"]
