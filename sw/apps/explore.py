@@ -15,8 +15,9 @@ The sweep (docs/explore.md):
    as fast with no more of every resource), the points inside the budget (``--max-luts/--max-dsp/--max-bram``,
    ``--min-fps``), and the recommendation: the cheapest (fewest LUTs) point within ``--tolerance`` of the fastest
    one in the budget.
-4. **Place-and-route of the finalists** (``--pnr-points K``, default 3): the recommended point and the K-1 points
-   of the in-budget frontier nearest it in throughput (distinct hardware: the batch does not change the design)
+4. **Place-and-route of the finalists** (``--pnr-points K``, default 3): the recommended point, the fastest one in
+   the budget, then the in-budget frontier points nearest the recommended one in throughput (distinct hardware:
+   the batch does not change the design)
    are placed and routed (in parallel, through the same sweep runner; the flow's report cache is reused; an 8x8
    takes about 8 minutes of a core). Their measured Fmax and packed LUTs replace the estimates, and the
    recommendation is made again among them on measured figures alone (``recommended_before_pnr`` keeps the first
@@ -626,13 +627,17 @@ def _hardware_key(row: dict) -> str:
 
 
 def finalists(result: dict, k: int) -> list[dict]:
-    """The points whose Fmax decides the recommendation: the recommended one and the ``k - 1`` points of the
-    in-budget frontier nearest it in throughput, one per hardware configuration."""
+    """The points whose Fmax decides the recommendation, one per hardware configuration: the recommended one,
+    the fastest in the budget (the recommendation is made against it), then the points of the in-budget frontier
+    nearest the recommended one in throughput, ``k`` in all."""
     chosen = result["recommended"]
     if chosen is None or k < 1:
         return []
     picked, seen = [chosen], {_hardware_key(chosen)}
-    for row in sorted(result["in_budget_frontier"], key=lambda r: abs(math.log(r["fps"] / chosen["fps"]))):
+    front = result["in_budget_frontier"]
+    fastest = max(front, key=lambda r: r["fps"]) if front else chosen
+    order = [fastest] + sorted(front, key=lambda r: abs(math.log(r["fps"] / chosen["fps"])))
+    for row in order:
         if len(picked) >= k:
             break
         if _hardware_key(row) not in seen:
@@ -785,8 +790,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pnr", dest="pnr", action="store_false", help="verify without place-and-route")
     parser.add_argument("--pnr-points", type=int, default=3,
                         help="finalists to place and route before the recommendation is final: the recommended "
-                             "point and its nearest in-budget frontier neighbours (default 3; 1: the recommended "
-                             "one only)")
+                             "point, the fastest in the budget and the recommended one's nearest in-budget frontier "
+                             "neighbours (default 3; 1: the recommended one only)")
     parser.add_argument("--pnr-timeout", type=float, default=7200, help="seconds per place-and-route tool run")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default build/explore/<model>)")
     parser.add_argument("--build-dir", default="build")

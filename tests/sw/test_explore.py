@@ -127,6 +127,15 @@ def test_finalists_are_the_recommended_point_and_its_nearest_distinct_hardware()
     assert finalists(result, 0) == []
 
 
+def test_finalists_always_hold_the_fastest_point_in_the_budget():
+    result, _ = _pnr_result()
+    extra = _hw_row(8, 6, 8, 76.0, 24000, 50000)          # 1,520/s: nearer the recommended 1,531/s than 12x6
+    result["in_budget_frontier"] = pareto(result["in_budget_frontier"] + [extra])
+    names = [r["label"] for r in finalists(result, 2)]
+    assert names == ["8x8 64b carry b32", "12x6 64b carry b8"]          # the fastest (1,553/s) before the nearest
+    assert [r["label"] for r in finalists(result, 3)][2] == "8x6 64b carry b8"
+
+
 def test_measured_fmax_and_placed_luts_decide_the_recommendation():
     result, budget = _pnr_result()
     key = lambda r: json.dumps({k: v for k, v in r["point"].items() if k != "batch"}, sort_keys=True)  # noqa: E731
