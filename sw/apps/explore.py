@@ -657,7 +657,7 @@ def place_and_route(job) -> dict:
     report = synthesize(target=target, rows=point.rows, cols=point.cols, acc_depth=point.acc_depth,
                         dsp_pes=point.dsp_pes, pe_multiplier=point.pe_multiplier,
                         accelerator_params=point.flow_params, bitstream=False, reuse=True, build_dir=build_dir,
-                        timeout_s=timeout)
+                        timeout_s=timeout, log=_say)     # the flow's own progress lines (a minute apart at most)
     res = report["resources"]
     return {"fmax_mhz": report.get("fmax_mhz"), "packed_luts": res["luts"]["count"], "dsp": res["dsp"]["count"],
             "bram": res["bram"]["count"], "report": report.get("report_path"), "limited_by": report.get("limited_by"),
