@@ -298,6 +298,7 @@ class FuzzCase:
     bus_errors: list = field(default_factory=list)
     latency: dict | None = None     # a second RTL run's memory timing (legal programs only)
     layout: str = "low"             # where the program lies and how long it is ("low", "high (2**b)", "long")
+    host: dict | None = None        # the register host's strobed writes and stall pattern (:func:`_host_plan`)
 
     def image(self) -> np.ndarray:
         dram = self.dram.copy()
@@ -347,8 +348,9 @@ _ILLEGAL_KINDS = ("bitflip", "opcode", "reserved", "range", "deadlock", "overflo
 
 #: Fractions of the cases that are long programs (:func:`_long_case`) and legal programs placed high in DRAM.
 LONG_FRACTION, HIGH_FRACTION = 0.03, 0.05
-#: Fraction of the cases that are epilogue programs (:func:`_epilogue_case`).
-EPILOGUE_FRACTION = 0.05
+#: Fraction of the cases that are epilogue programs (:func:`_epilogue_case`), and of all cases whose register
+#: host writes with byte strobes and stalls its handshakes (:func:`_host_plan`).
+EPILOGUE_FRACTION, HOST_FRACTION = 0.05, 0.3
 #: The dispatcher's unit queues hold this many entries (hw.dispatcher's default queue_depth).
 _UNIT_QUEUE_DEPTH = 8
 #: Long programs cross this instruction index (and so bit 12 of PROG_LEN, of the fetch's count and of the
@@ -363,13 +365,52 @@ def make_case(seed: int, index: int, config_name: str, *, illegal_fraction: floa
     long program (:func:`_long_case`), and ``HIGH_FRACTION`` of the legal ones move the program above 64 KiB (the
     DRAM image grows to hold it; the data stays low), up to above 8 MiB, so the fetch's high address bits count.
     """
-    config = CONFIGS[config_name]
     layout_rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name), 1])
     pick = layout_rng.random()
     if pick < LONG_FRACTION:
-        return _long_case(layout_rng, seed, index, config_name)
-    if pick < LONG_FRACTION + EPILOGUE_FRACTION:
-        return _epilogue_case(layout_rng, seed, index, config_name)
+        case = _long_case(layout_rng, seed, index, config_name)
+    elif pick < LONG_FRACTION + EPILOGUE_FRACTION:
+        case = _epilogue_case(layout_rng, seed, index, config_name)
+    else:
+        case = _program_case(seed, index, config_name, layout_rng, illegal_fraction)
+    if layout_rng.random() < HOST_FRACTION:
+        case.host = _host_plan(layout_rng, case)
+    return case
+
+
+def _host_plan(rng, case) -> dict:
+    """How the register host starts ``case``: IRQ_ENABLE, PROG_ADDR and PROG_LEN reached through byte-strobed
+    AXI4-Lite writes of random values (each register first written whole with junk, then random strobes and
+    values, then the bytes still wrong), PROG_ADDR's ignored low 4 bits random, IRQ_ENABLE's unused bits
+    random (bit 0 set), and a random stall pattern on the host's VALIDs and READYs. ``expect``: what the
+    registers must read back."""
+    expect = {"irq_enable": int(rng.integers(0, 1 << 32)) | 1,
+              "prog_addr": case.prog_addr | int(rng.integers(0, 16)), "prog_len": case.prog_len}
+    model = {}
+    writes = []
+
+    def write(name, value, strobe):
+        writes.append((name, value, strobe))
+        old = model.get(name, 0)
+        mask = sum(0xFF << (8 * b) for b in range(4) if strobe >> b & 1)
+        model[name] = (old & ~mask) | (value & mask)
+
+    order = [str(n) for n in rng.permutation(list(expect))]
+    for name in order:
+        write(name, int(rng.integers(0, 1 << 32)), 0xF)
+    for _ in range(int(rng.integers(0, 10))):
+        write(str(rng.choice(order)), int(rng.integers(0, 1 << 32)), int(rng.integers(0, 16)))
+    for name in order:
+        wrong = sum(1 << b for b in range(4) if (model[name] ^ expect[name]) >> (8 * b) & 0xFF)
+        write(name, expect[name], wrong | int(rng.integers(0, 16)))
+    assert model == expect
+    stall = (rng.random(int(rng.integers(3, 50))) < rng.uniform(0.2, 0.7)).tolist()
+    stall[int(rng.integers(len(stall)))] = False
+    return {"writes": writes, "stall": stall, "expect": expect}
+
+
+def _program_case(seed, index, config_name, layout_rng, illegal_fraction) -> FuzzCase:
+    config = CONFIGS[config_name]
     rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name)])
     program = random_stream(rng, config, int(rng.integers(1, 40)), ordered=True)
     dram = rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8)
@@ -663,9 +704,15 @@ def check_case(case: FuzzCase, rtl=None) -> dict:
         mark_written(ins, written)
     rtl_dram = image.copy()
     model_rtl = rtl if rtl is not None else accelerator(case.config)
+    host = {} if case.host is None else {"register_writes": case.host["writes"], "host_stall": case.host["stall"]}
     rtl = model_rtl.run(rtl_dram, case.prog_addr, case.prog_len, bus_errors=case.bus_errors,
-                        max_cycles=_MAX_CYCLES)
+                        max_cycles=_MAX_CYCLES, **host)
     problems = []
+    expect = (case.host or {}).get("expect") or {"irq_enable": 1, "prog_addr": case.prog_addr,
+                                                 "prog_len": case.prog_len}
+    if rtl.registers != expect:
+        wrong = {k: (f"{rtl.registers[k]:#x}", f"{v:#x}") for k, v in expect.items() if rtl.registers[k] != v}
+        problems.append(f"registers read back (RTL, written) differ: {wrong}")
     if rtl.error != golden.error:
         problems.append(f"error {ErrorCode(rtl.error).name if rtl.error in ErrorCode._value2member_map_ else rtl.error}"
                         f" on the RTL, {golden.error.name} on the golden simulator")
@@ -740,6 +787,9 @@ def shrink(case: FuzzCase, *, budget: int = 400) -> FuzzCase:
         cand.prog_len = min(prog_len if prog_len is not None else len(words), len(words))
         if case.prog_len == len(case.words):
             cand.prog_len = len(words)
+        if cand.host is not None and cand.prog_len != case.prog_len:   # the host writes the new PROG_LEN last
+            cand.host = {"writes": [*cand.host["writes"], ("prog_len", cand.prog_len, 0xF)],
+                         "stall": cand.host["stall"], "expect": {**cand.host["expect"], "prog_len": cand.prog_len}}
         return cand if _fails(cand) else None
 
     chunk = max(1, (len(case.words) - 1) // 2)
@@ -781,6 +831,7 @@ def save_reproducer(case: FuzzCase, message: str, out_dir: Path) -> Path:
         "config": case.config, "hardware": dataclasses.asdict(CONFIGS[case.config]), "seed": case.seed,
         "index": case.index, "kind": case.kind, "message": message, "prog_addr": case.prog_addr,
         "prog_len": case.prog_len, "bus_errors": case.bus_errors, "latency": case.latency, "layout": case.layout,
+        "host": case.host,
         "words": [f"{w:#034x}" for w in case.words], "listing": case.listing().splitlines(),
         "dram": f"{stem}.npy", "regenerate": f"sim.fuzz.make_case({case.seed}, {case.index}, {case.config!r})"},
         indent=1) + "\n")
@@ -796,7 +847,14 @@ def load_reproducer(path: Path | str) -> FuzzCase:
     dram = np.load(path.parent / saved["dram"], allow_pickle=False)
     return FuzzCase(saved["config"], saved["seed"], saved["index"], saved["kind"],
                     [int(w, 16) for w in saved["words"]], dram, saved["prog_addr"], saved["prog_len"],
-                    [tuple(r) for r in saved["bus_errors"]], saved["latency"], saved.get("layout", "low"))
+                    [tuple(r) for r in saved["bus_errors"]], saved["latency"], saved.get("layout", "low"),
+                    _saved_host(saved.get("host")))
+
+
+def _saved_host(host):
+    if host is None:
+        return None
+    return {"writes": [tuple(w) for w in host["writes"]], "stall": host["stall"], "expect": host["expect"]}
 
 
 # ---- Networks ---------------------------------------------------------------------------------------------------
