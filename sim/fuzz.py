@@ -17,6 +17,12 @@ an unknown opcode, a reserved bit set, a field pushed out of range, a pop nobody
 pushes (TOKEN_OVERFLOW), a PROG_LEN short of the HALT (PROGRAM_OVERRUN) or a bus error on a LOAD's, a STORE's or
 the program's bytes.
 
+Besides those, a few constructed programs and host variations (each drawn from a stream of its own): long
+programs of more than 4096 instructions that fill the COMPUTE queue across index 4096 (:func:`_long_case`),
+programs placed high in DRAM (up to above 8 MiB), epilogue programs with whole PARAM entries and small or any-int32
+multipliers (:func:`_epilogue_case`), and a register host that writes IRQ_ENABLE, PROG_ADDR and PROG_LEN with byte
+strobes while stalling its handshakes (:func:`_host_plan`); every run reads those registers back.
+
 :func:`check_case` runs it on the golden simulator (``sim.isa_sim``) and the Verilator backend and requires the
 same error code, faulting index, INSTRUCTIONS and VECTORS counters and the same final DRAM, byte for byte; for a
 legal program also every counter (CYCLES and the busy counters) equal to the exact cycle model's
@@ -362,8 +368,10 @@ def make_case(seed: int, index: int, config_name: str, *, illegal_fraction: floa
     """Case ``index`` of the campaign seeded ``seed`` on configuration ``config_name`` (a pure function).
 
     Most cases are a random ordered program below 64 KiB (see the module docstring); ``LONG_FRACTION`` of them a
-    long program (:func:`_long_case`), and ``HIGH_FRACTION`` of the legal ones move the program above 64 KiB (the
-    DRAM image grows to hold it; the data stays low), up to above 8 MiB, so the fetch's high address bits count.
+    long program (:func:`_long_case`), ``EPILOGUE_FRACTION`` an epilogue program (:func:`_epilogue_case`), and
+    ``HIGH_FRACTION`` of the legal ordered ones move the program above 64 KiB (the DRAM image grows to hold it;
+    the data stays low), up to above 8 MiB. ``HOST_FRACTION`` of all cases start through byte-strobed register
+    writes under host stalls (:func:`_host_plan`).
     """
     layout_rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name), 1])
     pick = layout_rng.random()
@@ -501,10 +509,9 @@ def _long_case(rng, seed, index, config_name) -> FuzzCase:
     behind the fetch and its dispatcher queue fills; a raw STORE of the sums, a LOAD, and more MATMULs from index
     4096 on, which wait on the full queue. Half the time the LOAD gets a bus error (kind ``long_bus_load``): the
     abort must drop only what follows it, so every queued MATMUL of the run still counts in the stored sums
-    (queue entries carry their index, bit 12 included). Of the others, PROG_LEN is the length, beyond it (the HALT stops the program), or
-    short of it, from 4096 on (``long_overrun``: PROGRAM_OVERRUN at that index). A quarter of the programs also
-    sit high in DRAM (:func:`_place_high`).
-    """
+    (queue entries carry their index, bit 12 included). Of the others, PROG_LEN is the length, beyond it (the
+    HALT stops the program), or short of it, from 4096 on (``long_overrun``: PROGRAM_OVERRUN at that index). A
+    quarter of the programs also sit high in DRAM (:func:`_place_high`)."""
     config = CONFIGS[config_name]
     rows, cols = config.rows, config.cols
     count = int(rng.integers(min(12, config.acc_depth), min(16, config.acc_depth, config.act_depth) + 1))
