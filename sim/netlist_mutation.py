@@ -127,15 +127,6 @@ def prepare(verilog: Path, work: Path, count: int, seed: int, filters: str = "")
     return parse_list((work / "list.txt").read_text())
 
 
-def relist(base: Path, work: Path, count: int, seed: int, filters: str = "") -> list[NetlistMutation]:
-    """Like :func:`prepare` on a design it already saved (``base``: a ``base.il``): copy it to ``work`` and list
-    ``count`` mutations there (one short Yosys run, no ``proc``/``flatten``)."""
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(base, work / "base.il")
-    _yosys(work, "relist", f"read_rtlil base.il\nmutate -list {count} -seed {seed} {filters} -o list.txt\n")
-    return parse_list((work / "list.txt").read_text())
-
-
 def apply_all(work: Path, mutations: list[NetlistMutation]) -> tuple[Path, list[Path]]:
     """Write ``work/original.v`` (the saved design after ``opt``) and ``work/m<i>.v`` (mutation i alone, then
     ``opt``), one Yosys run each. Where ``opt`` rejects a mutant (a stuck bit can give a wire two conflicting
