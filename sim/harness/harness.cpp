@@ -22,6 +22,11 @@
 // zero-padded); a write beat answers the error when one of its *strobed* bytes lies in a range or past the end,
 // and then writes nothing. Failing reads return zero data. This is the byte-granular rule of sim/isa_sim.py as far
 // as an AXI slave can see it.
+//
+// Register host: AXI4-Lite writes (any WSTRB) and reads, one at a time, with an optional stall pattern of its own
+// (BREADY/RREADY held low, AWVALID/WVALID/ARVALID raised late). A run writes IRQ_ENABLE, PROG_ADDR and PROG_LEN
+// (or the caller's list of strobed writes instead), then CTRL; after irq it reads STATUS, ERROR_INDEX, the counters
+// and IRQ_ENABLE, PROG_ADDR and PROG_LEN back.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
