@@ -452,10 +452,13 @@ def _place_high(rng, case, *, bit=None):
 
 
 def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
-    """A program for the requantization datapath: whole PARAM entries (every field loaded; the ordered streams
-    load random prefixes of them), each with its own draw of multipliers (a model's [2**30, 2**31), small of
-    either sign, or any int32), biases (small or any int32), shifts, zero point and bounds; one MATMUL over
-    ``count`` rows, then an int8 STORE of every column with each entry (and a raw one)."""
+    """A program for the requantization datapath: PARAM entries, mostly whole (every field loaded; the ordered
+    streams load random prefixes of them; 30% a random prefix here too, the rest of the entry zero), each with its
+    own draw of multipliers (a model's [2**30, 2**31), small of either sign, or any int32), biases (small or any
+    int32), shifts, zero point and bounds; one MATMUL over ``count`` rows, often followed by a chain of
+    back-to-back MATMULs over overlapping parts of them (the accumulator's forwarding path), then an int8 STORE of
+    every column with each entry (and a raw one). Half of them run a second time under slow, back-pressured memory (the STORE side
+    then stalls the epilogue, whose skid buffer holds rows and their parameters)."""
     from .arith import MAX_SHIFT, MIN_SHIFT
     from .isa_sim import pack_param_entry
 
@@ -473,6 +476,8 @@ def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
         bias = rng.integers(-(1 << 20), 1 << 20, cols) if rng.random() < 0.7 else rng.integers(-(1 << 31), 1 << 31,
                                                                                               cols)
         lo, hi = sorted(int(x) for x in rng.integers(-128, 128, 2)) if rng.random() < 0.5 else (-128, 127)
+        if rng.random() < 0.15:     # inverted bounds (act_min > act_max): every output is act_max
+            lo, hi = hi, lo
         entry = pack_param_entry(cols, bias, multiplier, rng.integers(MIN_SHIFT, MAX_SHIFT + 1, cols),
                                  int(rng.integers(-128, 128)), lo, hi)
         dram[param_at + e * entry_bytes:param_at + (e + 1) * entry_bytes] = np.frombuffer(entry, dtype=np.uint8)
@@ -481,10 +486,28 @@ def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
                     dram_addr=int(rng.integers(_LOAD_BASE, _STORE_BASE - 4096))),
                Load(buffer=Buffer.WGT, buf_addr=0, y_size=rows, x_size=cols, stride=cols,
                     dram_addr=int(rng.integers(_LOAD_BASE, _STORE_BASE - 4096))),
-               Load(buffer=Buffer.PARAM, buf_addr=0, y_size=entries, x_size=entry_bytes, stride=entry_bytes,
-                    dram_addr=param_at, push_next=True),
+               Load(buffer=Buffer.PARAM, buf_addr=0, y_size=entries, stride=entry_bytes, dram_addr=param_at,
+                    push_next=True, x_size=entry_bytes if rng.random() < 0.7 else int(rng.integers(1, entry_bytes))),
                Matmul(act_addr=0, wgt_addr=0, acc_addr=0, count=count, k_rows=int(rng.integers(1, rows + 1)),
                       pop_prev=True, push_next=True)]
+    if count >= 8 and rng.random() < 0.7:
+        # Back-to-back MATMULs over the same rows, each starting 1 or 2 rows before the previous one's end: the
+        # row written one or two cycles earlier is still in the accumulator's read-modify-write pipeline, and an
+        # accumulating MATMUL takes it from the forwarding path (an overwriting one must not).
+        program[-1] = dataclasses.replace(program[-1], push_next=False)
+        at, chain = 0, []
+        while True:
+            n = int(rng.integers(4, 7))
+            if at + n > count:
+                break
+            chain.append(Matmul(act_addr=0, wgt_addr=0, acc_addr=at, count=n, k_rows=int(rng.integers(1, rows + 1)),
+                                accumulate=bool(rng.random() < 0.8)))
+            at += n - int(rng.integers(1, 3))
+        if chain:
+            chain[-1] = dataclasses.replace(chain[-1], push_next=True)
+            program += chain
+        else:
+            program[-1] = dataclasses.replace(program[-1], push_next=True)
     out = _STORE_BASE
     for e in range(entries + 1):
         raw = e == entries
@@ -497,6 +520,11 @@ def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
     prog_addr = 16 * int(rng.integers(0, (_PROG_LIMIT - 16 * (len(words) + 300)) // 16))
     case = FuzzCase(config_name, seed, index, "legal", words, dram, prog_addr, len(words))
     case.layout = "epilogue"
+    if rng.random() < 0.5:      # the second run's slow writes stall the epilogue: its skid buffer holds rows
+        case.latency = {"read_latency": int(rng.integers(0, 12)), "write_latency": int(rng.integers(0, 24)),
+                        "max_outstanding": int(rng.integers(1, 9)),
+                        "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
+        case.latency["backpressure"][0] = False
     return case
 
 
