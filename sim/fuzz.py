@@ -356,7 +356,7 @@ _ILLEGAL_KINDS = ("bitflip", "opcode", "reserved", "range", "deadlock", "overflo
 LONG_FRACTION, HIGH_FRACTION = 0.03, 0.05
 #: Fraction of the cases that are epilogue programs (:func:`_epilogue_case`), and of all cases whose register
 #: host writes with byte strobes and stalls its handshakes (:func:`_host_plan`).
-EPILOGUE_FRACTION, HOST_FRACTION = 0.05, 0.3
+EPILOGUE_FRACTION, HOST_FRACTION = 0.1, 0.3
 #: The dispatcher's unit queues hold this many entries (hw.dispatcher's default queue_depth).
 _UNIT_QUEUE_DEPTH = 8
 #: Long programs cross this instruction index (and so bit 12 of PROG_LEN, of the fetch's count and of the
@@ -478,7 +478,10 @@ def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
         lo, hi = sorted(int(x) for x in rng.integers(-128, 128, 2)) if rng.random() < 0.5 else (-128, 127)
         if rng.random() < 0.15:     # inverted bounds (act_min > act_max): every output is act_max
             lo, hi = hi, lo
-        entry = pack_param_entry(cols, bias, multiplier, rng.integers(MIN_SHIFT, MAX_SHIFT + 1, cols),
+        shift = rng.integers(MIN_SHIFT, MAX_SHIFT + 1, cols)
+        if 0.4 <= pick < 0.8 and rng.random() < 0.6:    # small multipliers mostly after a left shift
+            shift = rng.integers(1, MAX_SHIFT + 1, cols)
+        entry = pack_param_entry(cols, bias, multiplier, shift,
                                  int(rng.integers(-128, 128)), lo, hi)
         dram[param_at + e * entry_bytes:param_at + (e + 1) * entry_bytes] = np.frombuffer(entry, dtype=np.uint8)
     x_act = config.row_bytes(Buffer.ACT)
