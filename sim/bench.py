@@ -44,11 +44,9 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import UnusedElaboratable
 
 __all__ = ["BACKENDS", "run_bench", "scalesim_cycles", "main", "DEFAULT_OUT"]
 
@@ -610,8 +608,6 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def main(argv=None) -> int:
-    # Designs are built only to read their parameters or Verilog here; Amaranth's "never elaborated" is noise.
-    warnings.filterwarnings("ignore", category=UnusedElaboratable)
     parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--cols", type=int, default=8)

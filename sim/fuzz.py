@@ -17,6 +17,12 @@ an unknown opcode, a reserved bit set, a field pushed out of range, a pop nobody
 pushes (TOKEN_OVERFLOW), a PROG_LEN short of the HALT (PROGRAM_OVERRUN) or a bus error on a LOAD's, a STORE's or
 the program's bytes.
 
+Besides those, a few constructed programs and host variations (each drawn from a stream of its own): long
+programs of more than 4096 instructions that fill the COMPUTE queue across index 4096 (:func:`_long_case`),
+programs placed high in DRAM (up to above 8 MiB), epilogue programs with whole PARAM entries and small or any-int32
+multipliers (:func:`_epilogue_case`), and a register host that writes IRQ_ENABLE, PROG_ADDR and PROG_LEN with byte
+strobes while stalling its handshakes (:func:`_host_plan`); every run reads those registers back.
+
 :func:`check_case` runs it on the golden simulator (``sim.isa_sim``) and the Verilator backend and requires the
 same error code, faulting index, INSTRUCTIONS and VECTORS counters and the same final DRAM, byte for byte; for a
 legal program also every counter (CYCLES and the busy counters) equal to the exact cycle model's
@@ -297,6 +303,8 @@ class FuzzCase:
     prog_len: int
     bus_errors: list = field(default_factory=list)
     latency: dict | None = None     # a second RTL run's memory timing (legal programs only)
+    layout: str = "low"             # where the program lies and how long it is ("low", "high (2**b)", "long")
+    host: dict | None = None        # the register host's strobed writes and stall pattern (:func:`_host_plan`)
 
     def image(self) -> np.ndarray:
         dram = self.dram.copy()
@@ -324,8 +332,14 @@ def _random_param_entries(rng, dram, config, program):
         if isinstance(ins, Load) and ins.buffer == Buffer.PARAM:
             for row in range(ins.y_size):
                 lo, hi = sorted(int(x) for x in rng.integers(-128, 128, 2))
-                entry = pack_param_entry(cols, rng.integers(-(1 << 20), 1 << 20, cols),
-                                         rng.integers(1 << 30, (1 << 31) - 1, cols),
+                # Multipliers: mostly a quantized model's [2**30, 2**31); sometimes small of either sign (SRDHM
+                # then rounds a wrapped, left-shifted sum to a few units, so one multiplier LSB shows in the
+                # output) or any int32, as the hardware accepts.
+                pick = rng.random()
+                multiplier = (rng.integers(1 << 30, (1 << 31) - 1, cols) if pick < 0.7 else
+                              rng.integers(-128, 129, cols) if pick < 0.85 else
+                              rng.integers(-(1 << 31), 1 << 31, cols))
+                entry = pack_param_entry(cols, rng.integers(-(1 << 20), 1 << 20, cols), multiplier,
                                          rng.integers(MIN_SHIFT, MAX_SHIFT + 1, cols), int(rng.integers(-128, 128)),
                                          lo if rng.random() < 0.9 else hi, hi if rng.random() < 0.9 else lo)
                 at = (ins.dram_addr + row * ins.stride) % (1 << 32)
@@ -338,8 +352,72 @@ _ILLEGAL_KINDS = ("bitflip", "opcode", "reserved", "range", "deadlock", "overflo
                   "bus_store", "bus_fetch", "halt_flags", "illegal_and_range", "two_faults")
 
 
+#: Fractions of the cases that are long programs (:func:`_long_case`) and legal programs placed high in DRAM.
+LONG_FRACTION, HIGH_FRACTION = 0.03, 0.05
+#: Fraction of the cases that are epilogue programs (:func:`_epilogue_case`), and of all cases whose register
+#: host writes with byte strobes and stalls its handshakes (:func:`_host_plan`).
+EPILOGUE_FRACTION, HOST_FRACTION = 0.1, 0.3
+#: The dispatcher's unit queues hold this many entries (hw.dispatcher's default queue_depth).
+_UNIT_QUEUE_DEPTH = 8
+#: Long programs cross this instruction index (and so bit 12 of PROG_LEN, of the fetch's count and of the
+#: instruction index the units carry).
+_LONG_INDEX = 4096
+
+
 def make_case(seed: int, index: int, config_name: str, *, illegal_fraction: float = 0.3) -> FuzzCase:
-    """Case ``index`` of the campaign seeded ``seed`` on configuration ``config_name`` (a pure function)."""
+    """Case ``index`` of the campaign seeded ``seed`` on configuration ``config_name`` (a pure function).
+
+    Most cases are a random ordered program below 64 KiB (see the module docstring); ``LONG_FRACTION`` of them a
+    long program (:func:`_long_case`), ``EPILOGUE_FRACTION`` an epilogue program (:func:`_epilogue_case`), and
+    ``HIGH_FRACTION`` of the legal ordered ones move the program above 64 KiB (the DRAM image grows to hold it;
+    the data stays low), up to above 8 MiB. ``HOST_FRACTION`` of all cases start through byte-strobed register
+    writes under host stalls (:func:`_host_plan`).
+    """
+    layout_rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name), 1])
+    pick = layout_rng.random()
+    if pick < LONG_FRACTION:
+        case = _long_case(layout_rng, seed, index, config_name)
+    elif pick < LONG_FRACTION + EPILOGUE_FRACTION:
+        case = _epilogue_case(layout_rng, seed, index, config_name)
+    else:
+        case = _program_case(seed, index, config_name, layout_rng, illegal_fraction)
+    if layout_rng.random() < HOST_FRACTION:
+        case.host = _host_plan(layout_rng, case)
+    return case
+
+
+def _host_plan(rng, case) -> dict:
+    """How the register host starts ``case``: IRQ_ENABLE, PROG_ADDR and PROG_LEN reached through byte-strobed
+    AXI4-Lite writes of random values (each register first written whole with junk, then random strobes and
+    values, then the bytes still wrong), PROG_ADDR's ignored low 4 bits random, IRQ_ENABLE's unused bits
+    random (bit 0 set), and a random stall pattern on the host's VALIDs and READYs. ``expect``: what the
+    registers must read back."""
+    expect = {"irq_enable": int(rng.integers(0, 1 << 32)) | 1,
+              "prog_addr": case.prog_addr | int(rng.integers(0, 16)), "prog_len": case.prog_len}
+    model = {}
+    writes = []
+
+    def write(name, value, strobe):
+        writes.append((name, value, strobe))
+        old = model.get(name, 0)
+        mask = sum(0xFF << (8 * b) for b in range(4) if strobe >> b & 1)
+        model[name] = (old & ~mask) | (value & mask)
+
+    order = [str(n) for n in rng.permutation(list(expect))]
+    for name in order:
+        write(name, int(rng.integers(0, 1 << 32)), 0xF)
+    for _ in range(int(rng.integers(0, 10))):
+        write(str(rng.choice(order)), int(rng.integers(0, 1 << 32)), int(rng.integers(0, 16)))
+    for name in order:
+        wrong = sum(1 << b for b in range(4) if (model[name] ^ expect[name]) >> (8 * b) & 0xFF)
+        write(name, expect[name], wrong | int(rng.integers(0, 16)))
+    assert model == expect
+    stall = (rng.random(int(rng.integers(3, 50))) < rng.uniform(0.2, 0.7)).tolist()
+    stall[int(rng.integers(len(stall)))] = False
+    return {"writes": writes, "stall": stall, "expect": expect}
+
+
+def _program_case(seed, index, config_name, layout_rng, illegal_fraction) -> FuzzCase:
     config = CONFIGS[config_name]
     rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name)])
     program = random_stream(rng, config, int(rng.integers(1, 40)), ordered=True)
@@ -356,6 +434,165 @@ def make_case(seed: int, index: int, config_name: str, *, illegal_fraction: floa
                         "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.1, 0.6)).tolist()}
         if not any(not s for s in case.latency["backpressure"]):
             case.latency["backpressure"][0] = False
+    if case.kind == "legal" and layout_rng.random() < HIGH_FRACTION:
+        _place_high(layout_rng, case)
+    return case
+
+
+def _place_high(rng, case, *, bit=None):
+    """Move the program of ``case`` to just above ``2**bit`` (random bit 16..23: up to above 8 MiB); the DRAM
+    image grows with zeros to hold it and the fetch's slack."""
+    bit = int(rng.integers(16, 24)) if bit is None else bit
+    case.prog_addr = (1 << bit) + 16 * int(rng.integers(0, 2048))
+    size = max(case.prog_addr + 16 * (len(case.words) + 64), case.dram.size)
+    grown = np.zeros(size, dtype=np.uint8)
+    grown[:case.dram.size] = case.dram
+    case.dram = grown
+    case.layout = f"high (2**{bit})"
+
+
+def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
+    """A program for the requantization datapath: PARAM entries, mostly whole (every field loaded; the ordered
+    streams load random prefixes of them; 30% a random prefix here too, the rest of the entry zero), each with its
+    own draw of multipliers (a model's [2**30, 2**31), small of either sign, or any int32), biases (small or any
+    int32), shifts, zero point and bounds; one MATMUL over ``count`` rows, often followed by a chain of
+    back-to-back MATMULs over overlapping parts of them (the accumulator's forwarding path), then an int8 STORE of
+    every column with each entry (and a raw one). Half of them run a second time under slow, back-pressured memory (the STORE side
+    then stalls the epilogue, whose skid buffer holds rows and their parameters)."""
+    from .arith import MAX_SHIFT, MIN_SHIFT
+    from .isa_sim import pack_param_entry
+
+    config = CONFIGS[config_name]
+    rows, cols = config.rows, config.cols
+    count = int(rng.integers(1, min(16, config.acc_depth, config.act_depth) + 1))
+    entries = config.param_depth
+    entry_bytes = config.row_bytes(Buffer.PARAM)
+    dram = rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8)
+    param_at = int(rng.integers(_LOAD_BASE, _STORE_BASE - 4096))
+    for e in range(entries):
+        pick = rng.random()
+        multiplier = (rng.integers(1 << 30, (1 << 31) - 1, cols) if pick < 0.4 else
+                      rng.integers(-128, 129, cols) if pick < 0.8 else rng.integers(-(1 << 31), 1 << 31, cols))
+        bias = rng.integers(-(1 << 20), 1 << 20, cols) if rng.random() < 0.7 else rng.integers(-(1 << 31), 1 << 31,
+                                                                                              cols)
+        lo, hi = sorted(int(x) for x in rng.integers(-128, 128, 2)) if rng.random() < 0.5 else (-128, 127)
+        if rng.random() < 0.15:     # inverted bounds (act_min > act_max): every output is act_max
+            lo, hi = hi, lo
+        shift = rng.integers(MIN_SHIFT, MAX_SHIFT + 1, cols)
+        if 0.4 <= pick < 0.8 and rng.random() < 0.6:    # small multipliers mostly after a left shift
+            shift = rng.integers(1, MAX_SHIFT + 1, cols)
+        entry = pack_param_entry(cols, bias, multiplier, shift,
+                                 int(rng.integers(-128, 128)), lo, hi)
+        dram[param_at + e * entry_bytes:param_at + (e + 1) * entry_bytes] = np.frombuffer(entry, dtype=np.uint8)
+    x_act = config.row_bytes(Buffer.ACT)
+    program = [Load(buffer=Buffer.ACT, buf_addr=0, y_size=count, x_size=x_act, stride=x_act,
+                    dram_addr=int(rng.integers(_LOAD_BASE, _STORE_BASE - 4096))),
+               Load(buffer=Buffer.WGT, buf_addr=0, y_size=rows, x_size=cols, stride=cols,
+                    dram_addr=int(rng.integers(_LOAD_BASE, _STORE_BASE - 4096))),
+               Load(buffer=Buffer.PARAM, buf_addr=0, y_size=entries, stride=entry_bytes, dram_addr=param_at,
+                    push_next=True, x_size=entry_bytes if rng.random() < 0.7 else int(rng.integers(1, entry_bytes))),
+               Matmul(act_addr=0, wgt_addr=0, acc_addr=0, count=count, k_rows=int(rng.integers(1, rows + 1)),
+                      pop_prev=True, push_next=True)]
+    if count >= 8 and rng.random() < 0.7:
+        # Back-to-back MATMULs over the same rows, each starting 1 or 2 rows before the previous one's end: the
+        # row written one or two cycles earlier is still in the accumulator's read-modify-write pipeline, and an
+        # accumulating MATMUL takes it from the forwarding path (an overwriting one must not).
+        program[-1] = dataclasses.replace(program[-1], push_next=False)
+        at, chain = 0, []
+        while True:
+            n = int(rng.integers(4, 7))
+            if at + n > count:
+                break
+            chain.append(Matmul(act_addr=0, wgt_addr=0, acc_addr=at, count=n, k_rows=int(rng.integers(1, rows + 1)),
+                                accumulate=bool(rng.random() < 0.8)))
+            at += n - int(rng.integers(1, 3))
+        if chain:
+            chain[-1] = dataclasses.replace(chain[-1], push_next=True)
+            program += chain
+        else:
+            program[-1] = dataclasses.replace(program[-1], push_next=True)
+    out = _STORE_BASE
+    for e in range(entries + 1):
+        raw = e == entries
+        width = cols * (4 if raw else 1)
+        program.append(Store(acc_addr=0, count=count, param_addr=min(e, entries - 1), n_cols=cols, raw=raw,
+                             stride=width, dram_addr=out, pop_prev=e == 0))
+        out += count * width + int(rng.integers(0, 64))
+    program.append(Halt())
+    words = [encode(i) for i in program]
+    prog_addr = 16 * int(rng.integers(0, (_PROG_LIMIT - 16 * (len(words) + 300)) // 16))
+    case = FuzzCase(config_name, seed, index, "legal", words, dram, prog_addr, len(words))
+    case.layout = "epilogue"
+    if rng.random() < 0.5:      # the second run's slow writes stall the epilogue: its skid buffer holds rows
+        case.latency = {"read_latency": int(rng.integers(0, 12)), "write_latency": int(rng.integers(0, 24)),
+                        "max_outstanding": int(rng.integers(1, 9)),
+                        "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
+        case.latency["backpressure"][0] = False
+    return case
+
+
+def _long_case(rng, seed, index, config_name) -> FuzzCase:
+    """A program of more than 4096 instructions: PROG_LEN, the fetch's instruction count and the units'
+    instruction indices cross bit 12.
+
+    Cheap SYNCs (no tokens) pad it to just before index 4096; then LOADs of ACT, WGT and PARAM rows and a run of
+    MATMULs accumulating on the same rows, slow enough (``count`` 12 to 16 rows each) that the COMPUTE unit falls
+    behind the fetch and its dispatcher queue fills; a raw STORE of the sums, a LOAD, and more MATMULs from index
+    4096 on, which wait on the full queue. Half the time the LOAD gets a bus error (kind ``long_bus_load``): the
+    abort must drop only what follows it, so every queued MATMUL of the run still counts in the stored sums
+    (queue entries carry their index, bit 12 included). Of the others, PROG_LEN is the length, beyond it (the
+    HALT stops the program), or short of it, from 4096 on (``long_overrun``: PROGRAM_OVERRUN at that index). A
+    quarter of the programs also sit high in DRAM (:func:`_place_high`)."""
+    config = CONFIGS[config_name]
+    rows, cols = config.rows, config.cols
+    count = int(rng.integers(min(12, config.acc_depth), min(16, config.acc_depth, config.act_depth) + 1))
+    k_rows = int(rng.integers(1, rows + 1))
+    # The COMPUTE unit takes up to 1 + 4 MATMULs off its queue (the executing one, its job FIFOs) and the queue
+    # holds 8: a run of 24 to 32 slow MATMULs (one activation row a cycle, the fetch brings an instruction every
+    # 4/2/1 cycles) fills it. The run ends at index 4093, then the STORE (4094), the LOAD (4095) and more
+    # MATMULs from index 4096 on, which wait on the full queue while it holds the run's last MATMULs.
+    run = int(rng.integers(24, 33))
+    first = _LONG_INDEX - 3 - run
+    dram = rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8)
+    x_act, x_wgt = int(rng.integers(1, config.row_bytes(Buffer.ACT) + 1)), config.row_bytes(Buffer.WGT)
+    low = (_LOAD_BASE, _STORE_BASE - 4096)
+    setup = [Load(buffer=Buffer.ACT, buf_addr=0, y_size=count, x_size=x_act,
+                  stride=int(rng.choice([x_act, int(rng.integers(0, 100))])), dram_addr=int(rng.integers(*low))),
+             Load(buffer=Buffer.WGT, buf_addr=0, y_size=rows, x_size=x_wgt, stride=x_wgt,
+                  dram_addr=int(rng.integers(*low))),
+             Load(buffer=Buffer.PARAM, buf_addr=0, y_size=1, x_size=config.row_bytes(Buffer.PARAM),
+                  stride=0, dram_addr=int(rng.integers(*low)), push_next=True)]
+    pad = [Sync(unit=Unit(int(u))) for u in rng.integers(0, 3, first - len(setup))]
+    body = [Matmul(act_addr=0, wgt_addr=0, acc_addr=0, count=count, k_rows=k_rows, accumulate=i > 0,
+                   pop_prev=i == 0, push_next=i == run - 1) for i in range(run)]
+    store = Store(acc_addr=0, count=count, param_addr=0, n_cols=cols, raw=True, stride=4 * cols,
+                  dram_addr=int(rng.integers(_STORE_BASE, 0xC000)), pop_prev=True, push_prev=True)
+    late = Load(buffer=Buffer.WGT, buf_addr=config.wgt_depth - 1, y_size=1, x_size=x_wgt, stride=0,
+                dram_addr=int(rng.integers(*low)))
+    after = [Matmul(act_addr=0, wgt_addr=0, acc_addr=0, count=count, k_rows=k_rows, accumulate=True,
+                    pop_next=i == 0) for i in range(int(rng.integers(8, 13)))]
+    program = pad + setup + body + [store, late] + after + [Halt()]
+    kind, bus_errors = "legal", []
+    if rng.random() < 0.5:
+        kind = "long_bus_load"
+        word = config.bus_bytes
+        lo = late.dram_addr // word * word
+        bus_errors = [(lo, lo + word, str(rng.choice(["slverr", "decerr"])))]
+    words = [encode(i) for i in program]
+    prog_len = len(words)
+    pick = rng.random()
+    if kind == "legal" and pick < 0.3:      # PROG_LEN beyond the HALT: it stops the program
+        prog_len += int(rng.integers(1, 5000))
+    elif kind == "legal" and pick < 0.6:    # PROG_LEN short of the HALT: PROGRAM_OVERRUN at index >= 4096
+        kind, prog_len = "long_overrun", int(rng.integers(_LONG_INDEX, len(words)))
+    prog_addr = 16 * int(rng.integers(DRAM_BYTES // 16, DRAM_BYTES // 16 + 256))
+    image = np.zeros(prog_addr + 16 * (len(words) + 64), dtype=np.uint8)
+    image[:DRAM_BYTES] = dram
+    case = FuzzCase(config_name, seed, index, kind, words, image, prog_addr, prog_len, bus_errors)
+    case.layout = "long"
+    if rng.random() < 0.25:
+        _place_high(rng, case)
+        case.layout = "long, " + case.layout
     return case
 
 
@@ -505,9 +742,15 @@ def check_case(case: FuzzCase, rtl=None) -> dict:
         mark_written(ins, written)
     rtl_dram = image.copy()
     model_rtl = rtl if rtl is not None else accelerator(case.config)
+    host = {} if case.host is None else {"register_writes": case.host["writes"], "host_stall": case.host["stall"]}
     rtl = model_rtl.run(rtl_dram, case.prog_addr, case.prog_len, bus_errors=case.bus_errors,
-                        max_cycles=_MAX_CYCLES)
+                        max_cycles=_MAX_CYCLES, **host)
     problems = []
+    expect = (case.host or {}).get("expect") or {"irq_enable": 1, "prog_addr": case.prog_addr,
+                                                 "prog_len": case.prog_len}
+    if rtl.registers != expect:
+        wrong = {k: (f"{rtl.registers[k]:#x}", f"{v:#x}") for k, v in expect.items() if rtl.registers[k] != v}
+        problems.append(f"registers read back (RTL, written) differ: {wrong}")
     if rtl.error != golden.error:
         problems.append(f"error {ErrorCode(rtl.error).name if rtl.error in ErrorCode._value2member_map_ else rtl.error}"
                         f" on the RTL, {golden.error.name} on the golden simulator")
@@ -537,7 +780,9 @@ def check_case(case: FuzzCase, rtl=None) -> dict:
     if not np.array_equal(rtl_dram, golden_dram):
         problems.append(_first_difference(rtl_dram, golden_dram))
     legal = golden.ok and not case.bus_errors
-    if legal and not problems:
+    # The cycle model takes the program, not PROG_LEN: with PROG_LEN beyond the HALT the fetch keeps prefetching
+    # past it (words the dispatcher drops), bus traffic the model does not count. Those cases compare the rest.
+    if legal and not problems and case.prog_len <= len(case.words):
         model = predict([decode(w) for w in case.words[:case.prog_len]], config)
         diff = {k: (rtl.counters[k], model[k]) for k in model if rtl.counters[k] != model[k]}
         if diff:
@@ -552,7 +797,9 @@ def check_case(case: FuzzCase, rtl=None) -> dict:
         elif not np.array_equal(second, golden_dram):
             problems.append("under memory latency and back-pressure: " + _first_difference(second, golden_dram))
     if problems:
-        raise Mismatch(f"{case.config} seed {case.seed} case {case.index} ({case.kind}): " + "; ".join(problems))
+        where = "" if case.layout == "low" else f", {case.layout}"
+        raise Mismatch(f"{case.config} seed {case.seed} case {case.index} ({case.kind}{where}): "
+                       + "; ".join(problems))
     return {"error": golden.error.name, "cycles": rtl.counters["cycles"], "legal": legal}
 
 
@@ -578,6 +825,9 @@ def shrink(case: FuzzCase, *, budget: int = 400) -> FuzzCase:
         cand.prog_len = min(prog_len if prog_len is not None else len(words), len(words))
         if case.prog_len == len(case.words):
             cand.prog_len = len(words)
+        if cand.host is not None and cand.prog_len != case.prog_len:   # the host writes the new PROG_LEN last
+            cand.host = {"writes": [*cand.host["writes"], ("prog_len", cand.prog_len, 0xF)],
+                         "stall": cand.host["stall"], "expect": {**cand.host["expect"], "prog_len": cand.prog_len}}
         return cand if _fails(cand) else None
 
     chunk = max(1, (len(case.words) - 1) // 2)
@@ -618,7 +868,8 @@ def save_reproducer(case: FuzzCase, message: str, out_dir: Path) -> Path:
     (out_dir / f"{stem}.json").write_text(json.dumps({
         "config": case.config, "hardware": dataclasses.asdict(CONFIGS[case.config]), "seed": case.seed,
         "index": case.index, "kind": case.kind, "message": message, "prog_addr": case.prog_addr,
-        "prog_len": case.prog_len, "bus_errors": case.bus_errors, "latency": case.latency,
+        "prog_len": case.prog_len, "bus_errors": case.bus_errors, "latency": case.latency, "layout": case.layout,
+        "host": case.host,
         "words": [f"{w:#034x}" for w in case.words], "listing": case.listing().splitlines(),
         "dram": f"{stem}.npy", "regenerate": f"sim.fuzz.make_case({case.seed}, {case.index}, {case.config!r})"},
         indent=1) + "\n")
@@ -634,7 +885,14 @@ def load_reproducer(path: Path | str) -> FuzzCase:
     dram = np.load(path.parent / saved["dram"], allow_pickle=False)
     return FuzzCase(saved["config"], saved["seed"], saved["index"], saved["kind"],
                     [int(w, 16) for w in saved["words"]], dram, saved["prog_addr"], saved["prog_len"],
-                    [tuple(r) for r in saved["bus_errors"]], saved["latency"])
+                    [tuple(r) for r in saved["bus_errors"]], saved["latency"], saved.get("layout", "low"),
+                    _saved_host(saved.get("host")))
+
+
+def _saved_host(host):
+    if host is None:
+        return None
+    return {"writes": [tuple(w) for w in host["writes"]], "stall": host["stall"], "expect": host["expect"]}
 
 
 # ---- Networks ---------------------------------------------------------------------------------------------------

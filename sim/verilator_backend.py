@@ -182,7 +182,7 @@ def default_options() -> "BuildOptions":
     return OPTIONS[name]
 _TRAINING_VERSION = 1   # bump when _train changes what it runs
 
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _MESSAGE_BYTES = 512
 _OK, _WATCHDOG, _CSR_FAILURE, _BAD_ARGUMENT = 0, 1, 2, 3
 _BUS_ERROR_KINDS = {"slverr": 2, "decerr": 3}  # AXI RESP codes of the kinds sim.isa_sim.parse_bus_errors accepts
@@ -213,7 +213,12 @@ class _BusConfig(ctypes.Structure):
     _fields_ = [("read_latency", ctypes.c_uint32), ("write_latency", ctypes.c_uint32),
                 ("max_outstanding", ctypes.c_uint32), ("stall_len", ctypes.c_uint32),
                 ("stall", ctypes.POINTER(ctypes.c_uint8)), ("n_errors", ctypes.c_uint32),
-                ("errors", ctypes.POINTER(ctypes.c_uint64))]
+                ("errors", ctypes.POINTER(ctypes.c_uint64)), ("host_stall_len", ctypes.c_uint32),
+                ("host_stall", ctypes.POINTER(ctypes.c_uint8)), ("n_csr_writes", ctypes.c_uint32),
+                ("csr_writes", ctypes.POINTER(ctypes.c_uint32))]
+
+#: The read-write registers the harness reads back after the counters (harness.h S8_RW_READBACK).
+READBACK_REGISTERS = ("irq_enable", "prog_addr", "prog_len")
 
 
 class _Result(ctypes.Structure):
@@ -221,7 +226,8 @@ class _Result(ctypes.Structure):
                 ("counters", ctypes.c_uint32 * len(COUNTERS)), ("cycles", ctypes.c_uint64),
                 ("total_cycles", ctypes.c_uint64), ("read_bursts", ctypes.c_uint64),
                 ("write_bursts", ctypes.c_uint64), ("read_beats", ctypes.c_uint64), ("write_beats", ctypes.c_uint64),
-                ("protocol_errors", ctypes.c_uint64), ("message", ctypes.c_char * _MESSAGE_BYTES)]
+                ("protocol_errors", ctypes.c_uint64), ("registers", ctypes.c_uint32 * len(READBACK_REGISTERS)),
+                ("message", ctypes.c_char * _MESSAGE_BYTES)]
 
 
 @dataclass
@@ -241,6 +247,8 @@ class VerilatorRunResult:
     total_cycles: int
     wall_time: float
     bus: dict = field(default_factory=dict)
+    #: IRQ_ENABLE, PROG_ADDR and PROG_LEN read back after the counters.
+    registers: dict = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -772,7 +780,7 @@ class VerilatorAccelerator:
 
     def run(self, dram: np.ndarray, prog_addr: int, prog_len: int, *, max_cycles: int = 10_000_000,
             read_latency: int = 0, write_latency: int | None = None, max_outstanding: int = 8,
-            backpressure=None, bus_errors=()) -> VerilatorRunResult:
+            backpressure=None, bus_errors=(), register_writes=None, host_stall=None) -> VerilatorRunResult:
         """Run the program at ``prog_addr`` on ``dram``, in place, and return the registers read after ``irq``.
 
         Parameters
@@ -795,6 +803,13 @@ class VerilatorAccelerator:
             Byte ranges ``[start, end)`` answering ``kind`` ("slverr" or "decerr"), as for
             :meth:`sim.isa_sim.IsaSimulator.run`. A read beat errs when its bus word overlaps a range, a write
             beat when a strobed byte lies in one; accesses past the end of ``dram`` answer DECERR.
+        register_writes : sequence of (register name or byte offset, value, strobe), optional
+            AXI4-Lite writes the host makes instead of IRQ_ENABLE=1, PROG_ADDR=``prog_addr``,
+            PROG_LEN=``prog_len`` (``strobe``: WSTRB, 4 bits), before CTRL=1. They must leave IRQ_ENABLE bit 0 set
+            (else no ``irq``); ``prog_addr``/``prog_len`` are then only checked, not written.
+        host_stall : sequence of int/bool, optional
+            The register host's stall pattern, cycled over the clock like ``backpressure``: on its true cycles
+            the host holds BREADY/RREADY low and waits to raise AWVALID/WVALID/ARVALID (each at its own phase).
 
         Raises
         ------
@@ -824,6 +839,24 @@ class VerilatorAccelerator:
                 raise ValueError(f"backpressure must be a pattern of 1 to {1 << 20} entries, not {stall.size}")
             if stall.all():
                 raise ValueError("backpressure must leave at least one cycle without a stall, or nothing moves")
+        host = np.zeros(0, dtype=np.uint8)
+        if host_stall is not None:
+            host = np.ascontiguousarray(np.asarray(host_stall).astype(bool).astype(np.uint8).ravel())
+            if host.size == 0 or host.size > 1 << 20 or host.all():
+                raise ValueError(f"host_stall must be a pattern of 1 to {1 << 20} entries with at least one cycle "
+                                 f"without a stall, not {host.size} entries")
+        writes = []
+        for item in register_writes or ():
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise ValueError(f"register_writes items must be (register, value, strobe) triples, not {item!r}")
+            reg, value, strobe = item
+            offset = OFFSETS.get(reg) if isinstance(reg, str) else reg
+            if offset is None:
+                raise ValueError(f"register_writes: unknown register {reg!r}; choose from {', '.join(OFFSETS)}")
+            writes += [_check_int("register offset", offset, 0, 0xFFF), _check_int("register value", value, 0,
+                                                                                   (1 << 32) - 1),
+                       _check_int("register strobe", strobe, 0, 0xF)]
+        csr = np.asarray(writes, dtype=np.uint32)
         ranges = []
         for start, end, kind in parse_bus_errors(bus_errors):
             ranges += [start, end, _BUS_ERROR_KINDS[kind]]
@@ -831,7 +864,10 @@ class VerilatorAccelerator:
 
         bus = _BusConfig(read_latency=read_latency, write_latency=write_latency, max_outstanding=max_outstanding,
                          stall_len=stall.size, stall=stall.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
-                         n_errors=len(ranges) // 3, errors=errors.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)))
+                         n_errors=len(ranges) // 3, errors=errors.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
+                         host_stall_len=host.size, host_stall=host.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                         n_csr_writes=csr.size // 3,
+                         csr_writes=csr.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)))
         result = _Result()
         with self._lock:
             start_time = time.perf_counter()
@@ -859,7 +895,8 @@ class VerilatorAccelerator:
             counters={name: int(value) for name, value in zip(COUNTERS, result.counters)},
             cycles=int(result.cycles), total_cycles=int(result.total_cycles), wall_time=wall,
             bus={"read_bursts": int(result.read_bursts), "write_bursts": int(result.write_bursts),
-                 "read_beats": int(result.read_beats), "write_beats": int(result.write_beats)})
+                 "read_beats": int(result.read_beats), "write_beats": int(result.write_beats)},
+            registers={name: int(v) for name, v in zip(READBACK_REGISTERS, result.registers)})
 
 
 

@@ -22,6 +22,11 @@
 // zero-padded); a write beat answers the error when one of its *strobed* bytes lies in a range or past the end,
 // and then writes nothing. Failing reads return zero data. This is the byte-granular rule of sim/isa_sim.py as far
 // as an AXI slave can see it.
+//
+// Register host: AXI4-Lite writes (any WSTRB) and reads, one at a time, with an optional stall pattern of its own
+// (BREADY/RREADY held low, AWVALID/WVALID/ARVALID raised late). A run writes IRQ_ENABLE, PROG_ADDR and PROG_LEN
+// (or the caller's list of strobed writes instead), then CTRL; after irq it reads STATUS, ERROR_INDEX, the counters
+// and IRQ_ENABLE, PROG_ADDR and PROG_LEN back.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -133,7 +138,10 @@ class Harness {
     void protocol_error(const std::string &what);
 
     // ---- register host
-    int csr_write(uint32_t offset, uint32_t value, std::string &message);
+    bool host_stall(int k) const {
+        return host_stall_len_ && host_stall_[(cycle_ + 7919u * uint64_t(k)) % host_stall_len_];
+    }
+    int csr_write(uint32_t offset, uint32_t value, std::string &message, uint32_t strb = 0xF);
     int csr_read(uint32_t offset, uint32_t &value, std::string &message);
 
     std::unique_ptr<VerilatedContext> ctx_;
@@ -145,6 +153,8 @@ class Harness {
     uint32_t read_latency_ = 0, write_latency_ = 0, max_outstanding_ = 8;
     const uint8_t *stall_ = nullptr;
     uint32_t stall_len_ = 0;
+    const uint8_t *host_stall_ = nullptr;
+    uint32_t host_stall_len_ = 0;
     uint64_t phase_[kChannels] = {};
     std::vector<uint64_t> errors_;   // start, end, resp triples
     std::deque<Burst> reads_, writes_;
@@ -399,18 +409,30 @@ void Harness::reset() {
     clear_memory_model();
 }
 
-int Harness::csr_write(uint32_t offset, uint32_t value, std::string &message) {
+// The host raises AWVALID and WVALID (each once, on a cycle its stall pattern allows; they stay up until their
+// handshake) and holds BREADY high on the cycles the pattern allows until the B handshake. Without a pattern all
+// three are high from the first cycle.
+int Harness::csr_write(uint32_t offset, uint32_t value, std::string &message, uint32_t strb) {
     Vaccelerator &t = *top_;
     t.CSR(aw, addr) = offset;
     t.CSR(aw, prot) = 0;
-    t.CSR(aw, valid) = 1;
     t.CSR(w, data) = value;
-    t.CSR(w, strb) = 0xF;
-    t.CSR(w, valid) = 1;
-    t.CSR(b, ready) = 1;
+    t.CSR(w, strb) = strb & 0xF;
+    bool aw_raised = false, w_raised = false, aw_done = false, w_done = false;
     for (int i = 0; i < kCsrTimeout; ++i) {
+        if (!aw_raised && !host_stall(0)) t.CSR(aw, valid) = aw_raised = true;
+        if (!w_raised && !host_stall(1)) t.CSR(w, valid) = w_raised = true;
+        t.CSR(b, ready) = !host_stall(2);
         step<true>();
+        aw_done |= csr_aw_fired_;
+        w_done |= csr_w_fired_;
+        if (csr_b_fired_ && !(aw_done && w_done)) {
+            message = "register write to offset " + std::to_string(offset) + ": B response before both AW and W";
+            t.CSR(aw, valid) = t.CSR(w, valid) = t.CSR(b, ready) = 0;
+            return S8_CSR_FAILURE;
+        }
         if (csr_b_fired_) {
+            t.CSR(b, ready) = 0;
             if (csr_resp_ == kOkay) return S8_OK;
             char text[128];
             std::snprintf(text, sizeof text, "register write of 0x%x to offset 0x%x answered response %u", value,
@@ -429,11 +451,13 @@ int Harness::csr_read(uint32_t offset, uint32_t &value, std::string &message) {
     Vaccelerator &t = *top_;
     t.CSR(ar, addr) = offset;
     t.CSR(ar, prot) = 0;
-    t.CSR(ar, valid) = 1;
-    t.CSR(r, ready) = 1;
+    bool ar_raised = false;
     for (int i = 0; i < kCsrTimeout; ++i) {
+        if (!ar_raised && !host_stall(3)) t.CSR(ar, valid) = ar_raised = true;
+        t.CSR(r, ready) = !host_stall(4);
         step<true>();
         if (csr_r_fired_) {
+            t.CSR(r, ready) = 0;
             value = csr_rdata_;
             if (csr_resp_ == kOkay) return S8_OK;
             char text[128];
@@ -453,6 +477,7 @@ int Harness::read_registers(const uint32_t *offsets, uint32_t n, uint32_t *value
     size_ = 0;
     errors_.clear();
     stall_len_ = 0;
+    host_stall_len_ = 0;
     for (uint32_t i = 0; i < n; ++i) {
         const int rc = csr_read(offsets[i], values[i], message);
         if (rc != S8_OK) return rc;
@@ -467,6 +492,8 @@ int Harness::run(uint8_t *dram, uint64_t size, uint32_t prog_addr, uint32_t prog
     if (bus.max_outstanding == 0) message = "max_outstanding must be at least 1";
     if (bus.stall_len && !bus.stall) message = "stall pattern pointer is null";
     if (bus.n_errors && !bus.errors) message = "error range pointer is null";
+    if (bus.host_stall_len && !bus.host_stall) message = "host stall pattern pointer is null";
+    if (bus.n_csr_writes && !bus.csr_writes) message = "register write list pointer is null";
     if (size && !dram) message = "DRAM pointer is null";
     if (!message.empty()) {
         std::snprintf(out.message, sizeof out.message, "%s", message.c_str());
@@ -481,15 +508,22 @@ int Harness::run(uint8_t *dram, uint64_t size, uint32_t prog_addr, uint32_t prog
     stall_len_ = bus.stall_len;
     for (int ch = 0; ch < kChannels; ++ch) phase_[ch] = stall_len_ ? (uint64_t(ch) * 7919u) % stall_len_ : 0;
     errors_.assign(bus.errors, bus.errors + 3 * uint64_t(bus.n_errors));
+    host_stall_ = bus.host_stall;
+    host_stall_len_ = bus.host_stall_len;
 
     const uint64_t first_cycle = cycle_;
     reset();
     // Count from here: whatever a previous run left in flight was cut off by the reset.
     read_bursts_ = write_bursts_ = read_beats_ = write_beats_ = protocol_errors_ = 0;
     first_protocol_error_.clear();
-    int rc = csr_write(S8_REG_IRQ_ENABLE, 1, message);
-    if (rc == S8_OK) rc = csr_write(S8_REG_PROG_ADDR, prog_addr, message);
-    if (rc == S8_OK) rc = csr_write(S8_REG_PROG_LEN, prog_len, message);
+    int rc = S8_OK;
+    if (bus.n_csr_writes == 0) {
+        rc = csr_write(S8_REG_IRQ_ENABLE, 1, message);
+        if (rc == S8_OK) rc = csr_write(S8_REG_PROG_ADDR, prog_addr, message);
+        if (rc == S8_OK) rc = csr_write(S8_REG_PROG_LEN, prog_len, message);
+    }
+    for (uint32_t i = 0; i < bus.n_csr_writes && rc == S8_OK; ++i)
+        rc = csr_write(bus.csr_writes[3 * i], bus.csr_writes[3 * i + 1], message, bus.csr_writes[3 * i + 2]);
     if (rc == S8_OK) rc = csr_write(S8_REG_CTRL, 1, message);
     const uint64_t started = cycle_;
     if (rc == S8_OK) {
@@ -505,6 +539,9 @@ int Harness::run(uint8_t *dram, uint64_t size, uint32_t prog_addr, uint32_t prog
         if (rrc == S8_OK) rrc = csr_read(S8_REG_ERROR_INDEX, out.error_index, read_message);
         for (int i = 0; i < S8_COUNTERS && rrc == S8_OK; ++i)
             rrc = csr_read(kCounterOffsets[i], out.counters[i], read_message);
+        const uint32_t readback[S8_RW_READBACK] = {S8_REG_IRQ_ENABLE, S8_REG_PROG_ADDR, S8_REG_PROG_LEN};
+        for (int i = 0; i < S8_RW_READBACK && rrc == S8_OK; ++i)
+            rrc = csr_read(readback[i], out.registers[i], read_message);
         if (rrc != S8_OK) {
             rc = rrc;
             message = read_message;
@@ -529,6 +566,7 @@ int Harness::run(uint8_t *dram, uint64_t size, uint32_t prog_addr, uint32_t prog
     dram_ = nullptr;
     size_ = 0;
     stall_len_ = 0;
+    host_stall_len_ = 0;
     errors_.clear();
     return rc;
 }

@@ -7,9 +7,10 @@
 
 #include <stdint.h>
 
-#define S8_ABI_VERSION 1
+#define S8_ABI_VERSION 2
 #define S8_COUNTERS 6         // CYCLES, LOAD_BUSY, COMPUTE_BUSY, STORE_BUSY, VECTORS, INSTRUCTIONS
 #define S8_MESSAGE_BYTES 512
+#define S8_RW_READBACK 3      // IRQ_ENABLE, PROG_ADDR, PROG_LEN, read back after the counters
 
 // Return codes of s8_run / s8_read_registers.
 #define S8_OK 0
@@ -30,6 +31,12 @@ typedef struct s8_bus_config {
     const uint8_t *stall;       // stall[i] != 0: the channels whose turn it is hold READY/VALID low that cycle
     uint32_t n_errors;          // error ranges
     const uint64_t *errors;     // n_errors triples: start, end (exclusive), response (2 SLVERR, 3 DECERR)
+    // The register host (AXI4-Lite).
+    uint32_t host_stall_len;    // length of its stall pattern (0: never stall)
+    const uint8_t *host_stall;  // host_stall[i] != 0: the host holds BREADY/RREADY low, or waits to raise
+                                // AWVALID/WVALID/ARVALID, on the cycles whose turn it is (each at its own phase)
+    uint32_t n_csr_writes;      // 0: the host writes IRQ_ENABLE=1, PROG_ADDR and PROG_LEN; else these writes instead
+    const uint32_t *csr_writes; // n_csr_writes triples: byte offset, value, WSTRB (4 bits); then CTRL=1
 } s8_bus_config;
 
 typedef struct s8_result {
@@ -40,6 +47,7 @@ typedef struct s8_result {
     uint64_t total_cycles;        // every clock cycle of the run: reset and register accesses included
     uint64_t read_bursts, write_bursts, read_beats, write_beats;
     uint64_t protocol_errors;     // AXI rule violations the memory model saw (message holds the first)
+    uint32_t registers[S8_RW_READBACK];  // IRQ_ENABLE, PROG_ADDR, PROG_LEN read after the counters
     char message[S8_MESSAGE_BYTES];
 } s8_result;
 

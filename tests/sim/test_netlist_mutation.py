@@ -1,6 +1,10 @@
 """The netlist mutation tier (``make mutate-netlist`` runs the campaign): Yosys's ``mutate -list`` parsed into
-applicable mutations, the unmutated round-trip netlist passing the fuzz slice, and a known-observable netlist
-mutant (``irq`` stuck at 0) killed by it."""
+applicable mutations, the unmutated round-trip netlist passing the fuzz slice, and two known-observable netlist
+mutants killed by it: ``irq`` stuck at 0, and the register block's R handshake ignoring RREADY (killed only by the
+host that stalls its READYs)."""
+
+import re
+import shutil
 
 import pytest
 
@@ -42,3 +46,18 @@ def test_netlist_mutants_apply_and_a_stuck_irq_is_killed(tmp_path):
     assert base == {"killed": False, "cases": 12, "build_s": base["build_s"]}, f"seed {SEED}: {base}"
     killed = nm.kill_check("2x2", mutant, 12, SEED)
     assert killed["killed"] and killed["by"] == "watchdog", f"seed {SEED}: {killed}"
+
+    # A survivor of the first campaign: the register block's R handshake taken as RVALID alone (RREADY stuck at 1
+    # inside it). Only a host that stalls RREADY sees it (the fuzz slice's host variation): the response is gone
+    # before the host takes it, and its read times out.
+    # The cell is found by structure (the AND in csr that takes the top's csr__r__ready), not by its numbered name.
+    design = (tmp_path / "irq" / "base.il").read_text()
+    (cell,) = [c for c in re.findall(r"^  cell \$and (\S+)\n(.*?)^  end$", design, re.S | re.M)
+               if c[0].startswith("$flatten\\csr.") and "connect \\B \\csr__r__ready\n" in c[1]]
+    r_ready = nm.NetlistMutation("const1", "accelerator", cell[0], "B", 0)
+    (tmp_path / "rready").mkdir()
+    shutil.copyfile(tmp_path / "irq" / "base.il", tmp_path / "rready" / "base.il")
+    _, (mutant,) = nm.apply_all(tmp_path / "rready", [r_ready])
+    killed = nm.kill_check("2x2", mutant, 12, SEED)
+    assert killed["killed"] and killed["by"] == "harness" and "got no response" in killed["detail"], \
+        f"seed {SEED}: {killed}"

@@ -12,7 +12,7 @@ import hw.generate
 import sim.cocotb_runner
 import sim.verilator_backend as vb
 from hw.isa import ErrorCode, HardwareConfig
-from hw.regmap import VERSION
+from hw.regmap import OFFSETS, VERSION
 from sim.arith import quantize_multiplier
 from sim.isa_sim import IsaSimulator
 from sim.programs import gemm_program
@@ -163,6 +163,27 @@ def test_watchdog_stops_a_long_run(accel):
     assert_same_dram(dram, program.expected_dram, "run after a watchdog")
 
 
+def test_strobed_register_writes_under_host_stalls(accel):
+    """The host reaches IRQ_ENABLE, PROG_ADDR and PROG_LEN through byte-strobed writes while stalling its VALIDs
+    and READYs: the program runs as with plain writes, and the registers read back byte-merged (bytes without a
+    strobe keep their value; PROG_ADDR keeps its ignored low bits)."""
+    rng = np.random.default_rng(11)
+    program = gemm_program(rng.integers(-128, 128, (6, 5)), rng.integers(-128, 128, (5, 4)), 0, 1 << 30, -7,
+                           config=CONFIG)
+    plain = accel.run(program.dram.copy(), program.prog_addr, program.prog_len)
+    assert plain.registers == {"irq_enable": 1, "prog_addr": program.prog_addr, "prog_len": program.prog_len}
+    writes = [("irq_enable", 0xFFFF_FFFF, 0xF), ("irq_enable", 0x0000_0001, 0b0101),        # -> 0xFF00FF01
+              ("prog_addr", 0xDEAD_BEEF, 0xF), ("prog_addr", program.prog_addr | 0x7, 0b0011),
+              ("prog_addr", program.prog_addr, 0b1100), ("prog_len", program.prog_len, 0x0),
+              (OFFSETS["prog_len"], program.prog_len, 0xF)]
+    dram = program.dram.copy()
+    result = accel.run(dram, 0, 0, register_writes=writes, host_stall=[1, 0, 1, 1, 0, 0, 1])
+    assert_same_dram(dram, program.expected_dram, "strobed start under host stalls")
+    assert result.registers == {"irq_enable": 0xFF00_FF01, "prog_addr": program.prog_addr | 0x7,
+                                "prog_len": program.prog_len}, result.registers
+    assert result.counters == plain.counters, "host stalls before START change no counter"
+
+
 def test_cached_build_does_not_invoke_verilator(accel, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError(f"a cached harness must not run anything: {args}")
@@ -207,6 +228,10 @@ def test_build_failure_names_the_log(generated, monkeypatch, tmp_path):
     (dict(bus_errors=[(0, 16)]), ValueError, r"\(start, end_exclusive, kind\) triples"),
     (dict(bus_errors=[(0, 16, "oops")]), ValueError, r"bus error kind must be one of"),
     (dict(backpressure=[1, 1, 1]), ValueError, "at least one cycle without a stall"),
+    (dict(host_stall=[1, 1]), ValueError, "host_stall must be a pattern"),
+    (dict(register_writes=[("irq_enable", 1)]), ValueError, r"\(register, value, strobe\) triples"),
+    (dict(register_writes=[("irq_mask", 1, 0xF)]), ValueError, "unknown register 'irq_mask'"),
+    (dict(register_writes=[("prog_len", 1, 0x10)]), ValueError, "register strobe must be"),
 ])
 def test_bad_arguments(accel, change, error, match):
     args = dict(dram=np.zeros(64, dtype=np.uint8), prog_addr=0, prog_len=1)
