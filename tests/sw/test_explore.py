@@ -32,7 +32,7 @@ def test_held_out_errors_are_measured_and_small():
         errs = [100 * (model.predict(r["parameters"])[kind] - r["resources"][kind]) / r["resources"][kind]
                 for r in held]
         assert model.errors[kind]["held_out_max_abs_pct"] == round(max(abs(e) for e in errs), 2)
-        # docs/explore.md states the fit as within 3.5% (LUTs) and 0.5% (flops) on held-out runs up to 12x8.
+        # docs/explore.md states the fit as within 3.5% (LUTs) and 0.5% (flops) on held-out runs up to 16x16.
         assert max(abs(e) for e in errs) <= model.errors[kind]["stated_pct"] <= {"luts": 3.5, "ffs": 0.5}[kind], errs
 
 
