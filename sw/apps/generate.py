@@ -141,8 +141,8 @@ def generate_bundle(model_path, point, out_dir, *, target="ecp5-85k", build_dir=
         from hw.fpga.resource_model import load_model
         resource_model = load_model(target)
         resources = {"model": resource_model.predict(point.accelerator_params),
-                     "model_errors_pct": {k: v.get("stated_pct", v["held_out_max_abs_pct"])
-                                          for k, v in resource_model.errors.items() if k != "packing"}}
+                     "model_errors_pct": {k: v["stated_pct"] for k, v in resource_model.errors.items()
+                                          if k != "packing"}}
     except FileNotFoundError as exc:
         resources = {"model": None, "note": str(exc)}
     if report_fmax is not None:

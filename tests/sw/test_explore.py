@@ -256,6 +256,31 @@ def test_cli_places_and_routes_the_finalists_before_it_recommends(tiny_model, tm
     assert chosen["placed"]["packed_luts"] == 1000 * chosen["point"]["rows"] * chosen["point"]["cols"]
 
 
+def test_verify_reads_a_finalists_report_instead_of_running_the_flow_again(tmp_path, monkeypatch):
+    import hw.fpga.flow
+    import hw.fpga.synth_only
+    import sw.apps.explore as explore_mod
+    result, budget = _pnr_result()
+    chosen = result["recommended"]
+    point = Point(**chosen["point"])
+    model = load_model("ecp5-85k")
+    pred = model.predict(point.accelerator_params)
+    report = tmp_path / "synth-ecp5-85k-8x8.json"
+    report.write_text(json.dumps({"fmax_mhz": 60.0, "report_path": str(report), "limited_by": None,
+                                  "resources": {"luts": {"count": 27500}}}))
+    chosen["placed"] = {"packed_luts": 27500, "dsp": 10, "bram": 10, "report": str(report)}
+    result.update(target="ecp5-85k", model="m.npz")
+    chosen["layers"] = {"l": chosen["cycles_per_batch"]}
+    monkeypatch.setattr(explore_mod, "rtl_cycles", lambda *a, **k: {
+        "total": chosen["cycles_per_batch"], "layers": chosen["layers"], "outputs_match": True})
+    monkeypatch.setattr(hw.fpga.synth_only, "synth_cells", lambda **k: {"resources": {
+        "luts": pred["luts"], "ffs": pred["ffs"], "dsp": pred["dsp"], "bram": pred["bram"]}})
+    monkeypatch.setattr(hw.fpga.flow, "synthesize", lambda **k: pytest.fail("the flow ran again"))
+    checks = explore_mod.verify(result, say=lambda line: None)
+    assert checks["ok"] and checks["pnr"]["fmax_mhz"] == 60.0 and checks["pnr"]["packed_luts"] == 27500
+    assert checks["pnr"]["estimated_mhz"] == chosen["fmax_mhz"] == 75.0
+
+
 def test_bad_options_are_one_line(tiny_model, capsys):
     assert main([str(tiny_model), "--multipliers", "quantum", "--no-verify"]) == 2
     assert main(["no/such/model.npz", "--no-verify"]) == 2
