@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.isa import (INSTRUCTION_BYTES, TOKEN_MAX, Buffer, ErrorCode, HardwareConfig, Halt, IllegalInstruction,
-                    Load, Matmul, Store, Sync, Unit, decode, disassemble)
+                    Load, Matmul, Store, Sync, Unit, decode, disassemble, encode)
 
 from .arith import gemm_int32, requantize, wrap_int32
 
@@ -223,6 +223,65 @@ class _EntryTracker:
             self.r_index[unit, lo:hi] = index
 
 
+#: The encodings of the token-free SYNCs (unit 0, 1, 2): the low 64 bits of the word; the high 64 bits are zero.
+_SYNC_LOW_WORDS = {unit: encode(Sync(unit=unit)) for unit in Unit}
+assert all(word < (1 << 64) for word in _SYNC_LOW_WORDS.values())
+#: Instructions a bulk SYNC scan reads at a time.
+_SYNC_CHUNK = 1 << 16
+
+
+class _ByteMap:
+    """An int64 per DRAM byte (initially -1), indexed by address arrays: a dense array for images up to
+    ``DENSE_BYTES``, 64 KiB pages allocated on first write beyond that (a program placed at 512 MiB would
+    otherwise cost two 4 GiB arrays)."""
+
+    DENSE_BYTES = 1 << 26
+    _PAGE_BITS = 16
+
+    def __init__(self, size: int):
+        self._dense = np.full(size, -1, dtype=np.int64) if size <= self.DENSE_BYTES else None
+        self._pages: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, addrs):
+        addrs = np.asarray(addrs, dtype=np.int64)
+        if self._dense is not None:
+            return self._dense[addrs]
+        out = np.full(addrs.shape, -1, dtype=np.int64)
+        page_of = addrs >> self._PAGE_BITS
+        for page in np.unique(page_of).tolist():
+            if page in self._pages:
+                hit = page_of == page
+                out[hit] = self._pages[page][addrs[hit] & ((1 << self._PAGE_BITS) - 1)]
+        return out
+
+    def __setitem__(self, addrs, value):
+        addrs = np.asarray(addrs, dtype=np.int64)
+        if self._dense is not None:
+            self._dense[addrs] = value
+            return
+        page_of = addrs >> self._PAGE_BITS
+        for page in np.unique(page_of).tolist():
+            hit = page_of == page
+            if page not in self._pages:
+                if value < 0:
+                    continue
+                self._pages[page] = np.full(1 << self._PAGE_BITS, -1, dtype=np.int64)
+            self._pages[page][addrs[hit] & ((1 << self._PAGE_BITS) - 1)] = value
+
+    def first_set(self, lo: int, hi: int) -> int | None:
+        """The first address in ``[lo, hi)`` whose value is not -1, or None."""
+        if self._dense is not None:
+            hit = np.flatnonzero(self._dense[lo:hi] >= 0)
+            return lo + int(hit[0]) if hit.size else None
+        for page in sorted(p for p in self._pages if lo >> self._PAGE_BITS <= p <= (hi - 1) >> self._PAGE_BITS):
+            base = page << self._PAGE_BITS
+            part = self._pages[page][max(lo - base, 0):min(hi - base, 1 << self._PAGE_BITS)]
+            hit = np.flatnonzero(part >= 0)
+            if hit.size:
+                return max(lo, base) + int(hit[0])
+        return None
+
+
 class _RaceChecker:
     """Vector clocks of the three units; token pushes carry the pusher's clock to the pop that takes them.
 
@@ -236,8 +295,8 @@ class _RaceChecker:
         self.buffers = {"ACT": _EntryTracker("ACT", config.act_depth), "WGT": _EntryTracker("WGT", config.wgt_depth),
                         "PARAM": _EntryTracker("PARAM", config.param_depth),
                         "ACC": _EntryTracker("ACC", config.acc_depth)}
-        self.dram_store = np.full(dram_size, -1, dtype=np.int64)   # last STORE writing each byte
-        self.dram_load = np.full(dram_size, -1, dtype=np.int64)    # last LOAD reading each byte since
+        self.dram_store = _ByteMap(dram_size)   # last STORE writing each byte
+        self.dram_load = _ByteMap(dram_size)    # last LOAD reading each byte since
         self.hazards = []
         self.count = 0
 
@@ -251,6 +310,18 @@ class _RaceChecker:
         if writers.max() >= 0:
             self.report(f"instruction {index} was overwritten by STORE {int(writers.max())} before it was "
                         "fetched; the prefetching fetch unit may read either version")
+
+    def fetch_run(self, index, start, count):
+        """:meth:`fetch` for the ``count`` instructions from ``index`` at byte ``start`` (a run of SYNCs)."""
+        first = self.dram_store.first_set(start, start + INSTRUCTION_BYTES * count)
+        if first is not None:
+            self.fetch(index + (first - start) // INSTRUCTION_BYTES, np.array([first]))
+
+    def sync_run(self, units, last_index):
+        """A run of token-free SYNCs: each unit's own clock moves to its last SYNC of the run (``last_index``)."""
+        for unit, last in zip(units, last_index):
+            if last >= 0:
+                self.clock[unit][unit] = last
 
     def pops(self, unit, queues):
         for q in queues:
@@ -422,8 +493,13 @@ class IsaSimulator:
         error, error_index, message = ErrorCode.NONE, None, ""
         dispatched = 0
         index = 0
+        fast = not trace and deferred is None
         while True:
             instr = None
+            if fast:
+                run = self._sync_run(base, index, prog_len, stats, races)
+                dispatched += run
+                index += run
             try:
                 instr = self._fetch_and_decode(base, index, prog_len, races)
                 reason = cfg.check(instr)
@@ -479,6 +555,44 @@ class IsaSimulator:
         for start, end, _ in ranges:
             mask[min(start, size):min(end, size)] = True
         return mask
+
+    def _sync_run(self, base, index, prog_len, stats, races) -> int:
+        """Account, in bulk, the run of token-free SYNCs from instruction ``index`` (what the loop would do one by
+        one: each is dispatched, counted, and changes nothing else); returns its length. The run ends before the
+        first other word, PROG_LEN, a bus-error range or the end of the image. Padding of 2**24 SYNCs (a program
+        reaching a high instruction index) then takes a second, not minutes."""
+        total = 0
+        size = self._dram.size
+        while index < prog_len:
+            start = base + INSTRUCTION_BYTES * index
+            n = min(prog_len - index, _SYNC_CHUNK, max(0, (size - start) // INSTRUCTION_BYTES))
+            if n <= 0 or start + INSTRUCTION_BYTES * n > _ADDRESS_MASK:
+                break
+            words = self._dram[start:start + INSTRUCTION_BYTES * n].view("<u8").reshape(n, 2)
+            which = np.full(n, -1, dtype=np.int8)
+            for unit, word in _SYNC_LOW_WORDS.items():
+                which[words[:, 0] == word] = unit
+            ok = (which >= 0) & (words[:, 1] == 0)
+            if self._bad is not None:
+                ok &= ~self._bad[start:start + INSTRUCTION_BYTES * n].reshape(n, INSTRUCTION_BYTES).any(axis=1)
+            m = n if ok.all() else int(np.argmin(ok))
+            if m == 0:
+                break
+            if races is not None:
+                races.fetch_run(index, start, m)
+            last = []
+            for unit in Unit:
+                mine = np.flatnonzero(which[:m] == unit)
+                stats.units[unit.name] += mine.size
+                last.append(index + int(mine[-1]) if mine.size else -1)
+            if races is not None:
+                races.sync_run(list(Unit), last)
+            stats.opcodes["SYNC"] += m
+            total += m
+            index += m
+            if m < n:
+                break
+        return total
 
     def _fetch_and_decode(self, base, index, prog_len, races):
         """Instruction ``index`` fetched and decoded, or a _Fault in the dispatcher's order."""

@@ -653,3 +653,109 @@ def test_interleave_arguments():
         run([Halt()], interleave=3)
     with pytest.raises(ValueError, match="interleave cannot be combined with bus_errors"):
         run([Halt()], interleave=np.random.default_rng(0), bus_errors=[(0, 1, "slverr")])
+
+
+# ---- Bulk SYNC runs and the paged race maps (programs that reach high instruction indices) ----------------------
+
+FAST_SEED = 20_261_203
+
+
+def _padded_program(rng, config):
+    """A random stream (some of it racy) with runs of token-free SYNCs, SYNCs with tokens and a STORE that may
+    overwrite a later instruction mixed in."""
+    from sim.fuzz import random_stream
+
+    program = []
+    for ins in random_stream(rng, config, int(rng.integers(1, 25)), ordered=bool(rng.random() < 0.5)):
+        program.append(ins)
+        if rng.random() < 0.6:
+            program += [Sync(unit=Unit(int(u))) for u in rng.integers(0, 3, int(rng.integers(1, 300)))]
+        if rng.random() < 0.1:
+            program.append(Sync(unit=Unit(int(rng.integers(0, 2))), push_next=True))
+    if rng.random() < 0.8:
+        program.append(Halt())
+    return program
+
+
+def _run_both(config, dram, prog_addr, prog_len, bus_errors, races):
+    outs = []
+    for trace in (False, True):     # trace=True executes every instruction one by one (no bulk SYNC runs)
+        image = dram.copy()
+        result = IsaSimulator(config).run(image, prog_addr=prog_addr, prog_len=prog_len, bus_errors=bus_errors,
+                                          check_races=races, trace=trace)
+        outs.append((result, image))
+    return outs
+
+
+def test_bulk_sync_runs_equal_one_by_one_execution():
+    """The run loop accounts a run of token-free SYNCs in bulk; every result field, the hazards and the DRAM image
+    must equal executing them one by one (trace mode), with PROG_LEN, bus-error ranges and the image end falling
+    inside runs."""
+    config = HardwareConfig(rows=2, cols=2, act_depth=32, wgt_depth=8, acc_depth=16, param_depth=2, bus_bytes=4)
+    for case in range(60):
+        rng = np.random.default_rng([FAST_SEED, case])
+        words = [encode(i) for i in _padded_program(rng, config)]
+        blob = np.frombuffer(b"".join(w.to_bytes(16, "little") for w in words), dtype=np.uint8)
+        # Low (the data's STOREs may overwrite instructions) or above the data; the image may end in the code.
+        prog_addr = PROG if rng.random() < 0.3 else 0x10000
+        size = prog_addr + blob.size - (16 * int(rng.integers(1, 40)) if rng.random() < 0.2 else -4096)
+        dram = rng.integers(0, 256, max(size, 0x10000), dtype=np.uint8)
+        fits = min(blob.size, dram.size - prog_addr)
+        dram[prog_addr:prog_addr + fits] = blob[:fits]
+        prog_len = len(words) if rng.random() < 0.6 else int(rng.integers(1, len(words) + 50))
+        bus_errors = []
+        if rng.random() < 0.3:
+            at = prog_addr + 16 * int(rng.integers(0, len(words))) + int(rng.integers(0, 16))
+            bus_errors = [(at, at + 1, "slverr")]
+        (fast, fast_dram), (slow, slow_dram) = _run_both(config, dram, prog_addr, prog_len, bus_errors,
+                                                          races=bool(case % 2))
+        where = f"seed {FAST_SEED} case {case}"
+        assert (fast.error, fast.error_index, fast.instructions) == (slow.error, slow.error_index,
+                                                                      slow.instructions), where
+        assert fast.stats == slow.stats and fast.tokens == slow.tokens, where
+        assert fast.hazards == slow.hazards, where
+        for name in slow.buffers:
+            assert np.array_equal(fast.buffers[name], slow.buffers[name]), f"{where}: {name}"
+        assert np.array_equal(fast_dram, slow_dram), where
+
+
+def test_paged_race_maps_find_the_same_hazards(monkeypatch):
+    """Images beyond _ByteMap.DENSE_BYTES keep the race checker's per-byte DRAM maps in pages: forced paged, the
+    hazards of random LOAD/STORE programs over one small window (tokens sometimes ordering them, rows crossing a
+    64 KiB page) equal the dense maps', and the fetch-overwrite check still fires."""
+    from sim import isa_sim
+
+    found = 0
+    for case in range(40):
+        rng = np.random.default_rng([FAST_SEED, case, 1])
+        base = 0xFFC0 if case % 2 else 0x4000      # odd cases straddle the first page boundary
+        program, pushed = [Load(buffer=Buffer.PARAM, x_size=ENTRY, dram_addr=0x300)], 0
+        for _ in range(int(rng.integers(4, 20))):
+            at = base + int(rng.integers(0, 96))
+            if rng.random() < 0.5:
+                ordered = bool(pushed and rng.random() < 0.5)     # after a STORE, relayed through COMPUTE
+                if ordered:
+                    program.append(Sync(unit=Unit.COMPUTE, pop_next=True, push_prev=True))
+                    pushed -= 1
+                program.append(Load(buffer=Buffer.ACT, y_size=2, x_size=4, stride=int(rng.integers(1, 40)),
+                                    dram_addr=at, pop_next=ordered))
+            else:
+                program.append(Store(count=1, n_cols=3, raw=bool(rng.random() < 0.5), dram_addr=at,
+                                     push_prev=bool(rng.random() < 0.3)))
+                pushed += program[-1].push_prev
+        program.append(Halt())
+        results = []
+        for dense in (1 << 26, 0):
+            monkeypatch.setattr(isa_sim._ByteMap, "DENSE_BYTES", dense)
+            results.append(run(program, np.zeros(0x20000, np.uint8), check_races=True)[0])
+        assert results[0].ok and results[0].hazards == results[1].hazards, f"seed {FAST_SEED} case {case}"
+        found += any("DRAM byte" in h for h in results[0].hazards)
+    assert found >= 20, f"only {found} of 40 programs had a DRAM race: the comparison tests little"
+    # The fetch check, also over a bulk SYNC run: the STORE writes a zero byte (cleared ACC, zero parameters) into
+    # the high half of the SYNC after it, which stays a SYNC but was overwritten before its fetch.
+    for dense in (1 << 26, 0):
+        monkeypatch.setattr(isa_sim._ByteMap, "DENSE_BYTES", dense)
+        assert any("instruction 2 was overwritten by STORE 0" in h
+                   for h in hazards_of(f"STORE dram_addr={PROG + 47}\nSYNC\nHALT")), dense
+        assert any("instruction 1 was overwritten by STORE 0" in h
+                   for h in hazards_of(f"STORE dram_addr={PROG + 16 + 9}\nSYNC\nSYNC unit=STORE\nHALT")), dense
