@@ -43,7 +43,7 @@ help:
 	@echo "make tiny     MLPerf Tiny ResNet-8 + DS-CNN through the RTL on 8x8 and 16x16, bit-exact vs LiteRT: cycles, utilization, latency at Fmax (N=, BACKEND=, TINY_ARRAYS=)"
 	@echo "make tiny-check  100 seeded inputs per MLPerf Tiny model on cpu, golden, gpu and verilator vs LiteRT (every element)"
 	@echo "make mutate   mutation score of the RTL tests: catalogue faults in hw/, each run through the tiered suite (MUTANTS=, WORKERS=)"
-	@echo "make mutate-netlist   Yosys mutate-pass mutants of the 2x2 netlist against the fuzz slice (NETLIST_MUTANTS=, SEED=)"
+	@echo "make mutate-netlist   Yosys mutate-pass mutants of the 2x2 netlist: fuzz slice, deep and reach stages (NETLIST_MUTANTS=, SEED=, REACH=, NETLIST_ONLY=)"
 	@echo "make fuzz     random programs (golden vs RTL vs cycle model) and random CNNs (cpu vs RTL) (FUZZ_PROGRAMS=, FUZZ_NETWORKS=, SEED=, CONFIGS=)"
 	@echo "make asic     standard cells (Yosys + OSU 0.18 um) and OpenSTA for ASIC_SIZES= (default 2,4,8,16): area by block, memories, Fmax (table + PNG)"
 	@echo "make verilog  Verilog + JSON for the accelerator in build/ (ROWS=, COLS= override; default 8x8; DESIGN=engine)"
@@ -148,8 +148,10 @@ ASIC_OPTS ?=
 asic: $(STAMP)
 	$(PY) -m hw.asic --sizes $(ASIC_SIZES) --blocks --library $(ASIC_LIB) --reuse $(ASIC_OPTS)
 
-# Netlist mutation (docs/verification.md): Yosys `mutate` mutants of the generated 2x2 netlist, each killed or not by
-# the fuzz slice; NETLIST_MUTANTS= (default 30), SEED=, NETLIST_CONFIG= (2x2, 4x4, 8x8).
+# Netlist mutation (docs/verification.md): Yosys `mutate` mutants of the generated 2x2 netlist, each run through
+# the kill check's stages (fuzz slice, deep cases, reach programs) until killed; NETLIST_MUTANTS= (default 30),
+# SEED=, NETLIST_CONFIG= (2x2, 4x4, 8x8), STAGES= (e.g. fuzz,deep), REACH= (default 20,26), NETLIST_ONLY= (indices
+# to re-run; their rows of the report are updated), WORKERS=.
 mutate-netlist: $(STAMP)
 	$(PY) -m sim.netlist_mutation $(if $(NETLIST_MUTANTS),--netlist $(NETLIST_MUTANTS)) $(if $(SEED),--seed $(SEED)) \
 		$(if $(NETLIST_CONFIG),--config $(NETLIST_CONFIG))

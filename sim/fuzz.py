@@ -50,6 +50,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,8 @@ import numpy as np
 from hw.isa import (INSTRUCTION_BYTES, TOKEN_MAX, Buffer, ErrorCode, HardwareConfig, Halt, Load, Matmul, Opcode,
                     Store, Sync, Unit, decode, disassemble, encode, from_bytes, to_bytes, FIELDS)
 
-__all__ = ["CONFIGS", "NETWORK_CONFIGS", "random_stream", "make_case", "check_case", "shrink", "check_network",
-           "FuzzCase", "Mismatch", "run_campaign"]
+__all__ = ["CONFIGS", "NETWORK_CONFIGS", "random_stream", "make_case", "deep_cases", "check_case", "shrink",
+           "check_network", "FuzzCase", "Mismatch", "run_campaign"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -528,6 +529,167 @@ def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
                         "max_outstanding": int(rng.integers(1, 9)),
                         "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
         case.latency["backpressure"][0] = False
+    return case
+
+
+# ---- Deep cases: the heavier second stage of the netlist kill check ----------------------------------------------
+
+#: Cases per configuration of :func:`deep_cases`: epilogue programs and STORE back-pressure programs.
+DEEP_EPILOGUE_CASES, DEEP_STORE_CASES = 160, 80
+
+
+def deep_cases(seed: int, config_name: str) -> Iterator[FuzzCase]:
+    """The deep stage: ``DEEP_EPILOGUE_CASES`` epilogue programs, then ``DEEP_STORE_CASES`` STORE back-pressure
+    programs on configuration ``config_name``, each a pure function of ``(seed, index)`` drawn from a stream of its
+    own (independent of :func:`make_case`'s, whose distribution the fuzz campaign's figures rest on). They are
+    legal ordered programs, checked by :func:`check_case` like any other; the netlist mutation tier runs them on
+    the mutants that survive the standard cases.
+
+    * Epilogue programs (kind ``legal``, layout ``deep epilogue``) stress single bits of the requantization
+      datapath. Each of several rounds reloads both PARAM entries with parameters drawn so that the output is a
+      small, mostly unclamped number whose value hangs on single bits (:func:`_visible_entry`): after a left shift
+      of 0..20 the multiplier is chosen for ``|y|`` of 1..128, so a carry into product bit 30 or one multiplier LSB
+      moves an output by one; after a right shift of 1..20 the rounding addend decides it; and half the entries
+      put ``act_min``/``act_max`` a few steps from the zero point, so outputs land just beside the clamp bounds.
+      Every round stores all rows with each entry (int8, all columns) and once raw.
+    * STORE back-pressure programs (layout ``deep store``) make the STORE read side's skid buffer hold rows in
+      its side register: the register catches a row only when the epilogue pipeline (12 rows), its main register
+      and the STORE unit's two row registers are all full, so only a STORE of ``count >= latency + 4`` rows
+      (16 on the 2x2: its whole accumulator) under a write stall of that length reaches it. Each program stores
+      all ``acc_depth`` rows many times back to back, int8 with random parameters (and some raw), and its second
+      run writes through a memory that accepts one or two write bursts at a time with a write latency of 12..40
+      cycles and long runs of stall cycles (every row waits; the engine's side of the STORE path fills).
+    """
+    for index in range(DEEP_EPILOGUE_CASES):
+        rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name), 7])
+        yield _deep_epilogue_case(rng, seed, index, config_name)
+    for index in range(DEEP_EPILOGUE_CASES, DEEP_EPILOGUE_CASES + DEEP_STORE_CASES):
+        rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name), 8])
+        yield _deep_store_case(rng, seed, index, config_name)
+
+
+def _visible_entry(rng, cols) -> bytes:
+    """A PARAM entry (``cols`` columns) whose int8 outputs show single bits: see :func:`deep_cases`."""
+    from .arith import INT32_MAX, INT32_MIN
+    from .isa_sim import pack_param_entry
+
+    bias, multiplier, shift = [], [], []
+    for _ in range(cols):
+        ky = int(rng.integers(-1, 8))                     # |y| about 2**ky
+        eb = int(rng.integers(0, 31))                     # |bias| about 2**eb; the sums are up to 2**15
+        es = max(eb, int(rng.integers(11, 16)))           # |s| = |acc + bias| about 2**es
+        if rng.random() < 0.6:                            # a left shift, no RDBPOT: y itself is the output
+            left = int(rng.integers(0, 21))
+            if rng.random() < 0.85:                       # mostly no wrap in s << left
+                left = min(left, max(0, 30 - es))
+            shift.append(left)
+            em = 31 + ky - min(es + left, 31)
+        else:                                             # a right shift: the rounding addend decides
+            e = int(rng.integers(1, 21))
+            shift.append(-e)
+            em = 31 + ky + e - es
+        em = min(max(em, 0), 30)
+        multiplier.append(int(rng.choice([-1, 1])) * int(rng.integers(1 << em, 1 << (em + 1))))
+        bias.append(int(np.clip(int(rng.choice([-1, 1])) * int(rng.integers(1 << eb, 1 << (eb + 1))),
+                                INT32_MIN, INT32_MAX)))
+    zero_point = int(rng.integers(-20, 21)) if rng.random() < 0.5 else int(rng.integers(-100, 101))
+    act_min, act_max = -128, 127
+    if rng.random() < 0.5:     # bounds a few steps from the zero point: outputs land beside them
+        act_min = int(np.clip(zero_point + int(rng.integers(-10, 11)), -128, 127))
+        act_max = int(np.clip(zero_point + int(rng.integers(-10, 11)), -128, 127)) if rng.random() < 0.5 else 127
+        if act_max < act_min:
+            act_min, act_max = (act_max, act_min) if rng.random() < 0.9 else (act_min, act_max)
+    return pack_param_entry(cols, bias, multiplier, shift, zero_point, act_min, act_max)
+
+
+def _ordered(config, instructions) -> list:
+    """``instructions`` with the token pops and pushes (and SYNCs) their dependencies need, then a HALT."""
+    from .programs import _Emitter
+
+    emitter, seen = _Emitter(), _Footprints(config)
+    for ins in instructions:
+        unit = _unit(ins)
+        acc = accesses(ins, config)
+        for v, index in sorted(seen.needs(unit, acc).items()):
+            emitter.need(unit, Unit(v), index)
+        seen.record(unit, emitter.emit(ins), acc)
+    return emitter.finish()
+
+
+def _deep_program(rng, config, dram, *, count, rounds, stores, raw_every):
+    """LOAD ACT/WGT, a MATMUL of ``count`` rows, then ``rounds`` times: LOAD both PARAM entries (fresh
+    :func:`_visible_entry` draws) and ``stores`` int8 STOREs of all rows, entries alternating, and a raw STORE
+    every ``raw_every``-th."""
+    rows, cols = config.rows, config.cols
+    x_act, entry_bytes = config.row_bytes(Buffer.ACT), config.row_bytes(Buffer.PARAM)
+    at = _LOAD_BASE
+    program = [Load(buffer=Buffer.ACT, buf_addr=0, y_size=count, x_size=x_act, stride=x_act, dram_addr=at)]
+    at += count * x_act
+    program.append(Load(buffer=Buffer.WGT, buf_addr=0, y_size=rows, x_size=cols, stride=cols, dram_addr=at))
+    at += rows * cols
+    program.append(Matmul(act_addr=0, wgt_addr=0, acc_addr=0, count=count, k_rows=int(rng.integers(1, rows + 1))))
+    out = _STORE_BASE
+    for _ in range(rounds):
+        entries = config.param_depth
+        for e in range(entries):
+            blob = _visible_entry(rng, cols)
+            dram[at + e * entry_bytes:at + (e + 1) * entry_bytes] = np.frombuffer(blob, dtype=np.uint8)
+        program.append(Load(buffer=Buffer.PARAM, buf_addr=0, y_size=entries, x_size=entry_bytes,
+                            stride=entry_bytes, dram_addr=at))
+        at += entries * entry_bytes
+        first = int(rng.integers(entries))
+        for s in range(stores):
+            raw = raw_every > 0 and s % raw_every == raw_every - 1
+            width = cols * (4 if raw else 1)
+            program.append(Store(acc_addr=0, count=count, param_addr=(first + s) % entries, n_cols=cols, raw=raw,
+                                 stride=width, dram_addr=out))
+            out += count * width + int(rng.integers(0, 16))
+    if at > _STORE_BASE or out > 0xC000:
+        raise ValueError(f"deep case too large for the DRAM layout ({at:#x}, {out:#x})")
+    return _ordered(config, program)
+
+
+def _deep_case(rng, seed, index, config_name, program, dram, layout) -> FuzzCase:
+    words = [encode(i) for i in program]
+    prog_addr = 16 * int(rng.integers(0, (_PROG_LIMIT - 16 * (len(words) + 300)) // 16))
+    case = FuzzCase(config_name, seed, index, "legal", words, dram, prog_addr, len(words))
+    case.layout = layout
+    return case
+
+
+def _deep_epilogue_case(rng, seed, index, config_name) -> FuzzCase:
+    config = CONFIGS[config_name]
+    dram = rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8)
+    count = int(rng.integers(max(1, config.acc_depth // 2), min(config.acc_depth, config.act_depth, 32) + 1))
+    program = _deep_program(rng, config, dram, count=count, rounds=int(rng.integers(3, 6)),
+                            stores=config.param_depth + 1, raw_every=config.param_depth + 1)
+    case = _deep_case(rng, seed, index, config_name, program, dram, "deep epilogue")
+    if rng.random() < 0.3:
+        case.latency = {"read_latency": int(rng.integers(0, 8)), "write_latency": int(rng.integers(0, 24)),
+                        "max_outstanding": int(rng.integers(1, 9)),
+                        "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
+        case.latency["backpressure"][0] = False
+    return case
+
+
+def _stall_runs(rng) -> list:
+    """A back-pressure pattern of long stall runs (up to 40 cycles) between short bursts of ready cycles."""
+    pattern = []
+    while len(pattern) < 120:
+        pattern += [True] * int(rng.integers(1, 41)) + [False] * int(rng.integers(1, 6))
+    return pattern
+
+
+def _deep_store_case(rng, seed, index, config_name) -> FuzzCase:
+    config = CONFIGS[config_name]
+    dram = rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8)
+    count = min(config.acc_depth, config.act_depth, 32)
+    program = _deep_program(rng, config, dram, count=count, rounds=int(rng.integers(1, 3)),
+                            stores=int(rng.integers(6, 11)), raw_every=int(rng.choice([0, 4, 5])))
+    case = _deep_case(rng, seed, index, config_name, program, dram, "deep store")
+    case.latency = {"read_latency": int(rng.integers(0, 6)), "write_latency": int(rng.integers(12, 41)),
+                    "max_outstanding": int(rng.integers(1, 3)),
+                    "backpressure": _stall_runs(rng) if rng.random() < 0.5 else None}
     return case
 
 

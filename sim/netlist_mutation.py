@@ -13,15 +13,29 @@ own ``mutate`` pass, which reaches faults no source edit names: a bit of any cel
    (generated names renumbered, :func:`hw.eda.canonical_verilog`) is ``optimised-away`` (the mutated bit drives
    nothing, or already has the forced value). The comparison is textual, so it is conservative: a mutant ``opt``
    leaves as a renamed dangling bit counts as observable and shows up as a survivor to argue.
-3. The unmutated round-trip netlist must pass the kill check (else the flow itself is wrong and the run stops);
-   then every mutant is Verilated (``VerilatorAccelerator(verilog=...)``, the ``nopgo`` build) and checked on the
-   fuzz slice: :func:`sim.fuzz.check_case` on ``--programs`` seeded cases (legal and illegal programs, golden
-   simulator and cycle model against the RTL). A mismatch, an error-code or counter difference, a watchdog
-   timeout, an AXI protocol violation or a harness check (``irq`` without DONE) kills it. Survivors are listed with their Yosys location (module, cell,
-   port, bit, the Amaranth source lines of the cell).
+3. The unmutated round-trip netlist must pass the kill check too (else the flow itself is wrong and the run
+   stops); every mutant is Verilated (``VerilatorAccelerator(verilog=...)``, the ``nopgo`` build) and run through
+   the kill check's stages (``--stages``, :data:`STAGES`), cheapest first, until a case fails:
 
-Results: ``build/reports/netlist_mutation.json`` and ``.md`` (beside the catalogue's ``mutation.json``).
-Options: ``--netlist N`` (``NETLIST_MUTANTS=``), ``--seed`` (``SEED=``), ``--config``, ``--programs``.
+   ``fuzz``
+       :func:`sim.fuzz.check_case` on ``--programs`` seeded cases of :func:`sim.fuzz.make_case` (legal and illegal
+       programs, golden simulator and cycle model against the RTL, some started by a stalling host).
+   ``deep``
+       :func:`sim.fuzz.deep_cases`: epilogue programs whose outputs hang on single bits of the requantization,
+       and full-accumulator STOREs back to back under write stalls (the STORE read side's skid buffer fills).
+   ``reach``
+       the programs of :mod:`sim.reach` at each reach of ``--reach`` (default ``2**20`` then ``2**26``
+       instructions): faults, aborts and PROGRAM_OVERRUN at instruction indices whose high bits are set.
+
+   A mismatch, an error-code or counter difference, a watchdog timeout, an AXI protocol violation or a harness
+   check (``irq`` without DONE) kills it. Survivors are listed with their Yosys location (module, cell, port, bit,
+   the Amaranth source lines of the cell). Mutants run in a local process pool (``--workers``, one per core).
+
+Results: ``build/reports/netlist_mutation.json`` and ``.md`` (beside the catalogue's ``mutation.json``): each
+mutant's status, the stage and case that killed it, the stages it ran. Options: ``--netlist N``
+(``NETLIST_MUTANTS=``), ``--seed`` (``SEED=``), ``--config``, ``--programs``, ``--stages`` (``STAGES=``),
+``--reach`` (``REACH=``), ``--mutants`` (``NETLIST_ONLY=``: re-run these indices of the same campaign; the other
+rows of an existing ``--out`` report are kept), ``--workers`` (``WORKERS=``).
 """
 
 from __future__ import annotations
@@ -143,35 +157,71 @@ def apply_all(work: Path, mutations: list[NetlistMutation]) -> tuple[Path, list[
     return work / "original.v", paths
 
 
-def kill_check(config_name: str, verilog: Path, programs: int, seed: int, build_dir: Path | None = None) -> dict:
-    """Build ``verilog`` and run the fuzz slice on it until a case fails: {killed, by, detail, cases, build_s}."""
-    from . import fuzz
+#: The kill check's stages, cheapest first; a mutant meets the next only if it survives the ones before.
+STAGES = ("fuzz", "deep", "reach")
+#: Default reaches of the ``reach`` stage, in order: instruction indices and PROG_LEN up to 2**20 (about 4.7 M
+#: instructions over its four programs, some 10 s of the 2x2's simulation), then 2**26 (about 270 M, some 6
+#: minutes: only mutants that survive everything else get there).
+REACH_BITS = (20, 26)
+
+
+def _stage_cases(stage: str, config_name: str, programs: int, seed: int, reach_bits):
+    """(label, check) pairs of one stage; ``check(rtl)`` raises on a difference."""
+    from . import fuzz, reach
+
+    if stage == "fuzz":
+        for index in range(programs):
+            yield f"case {index}", (lambda rtl, index=index: fuzz.check_case(fuzz.make_case(seed, index, config_name),
+                                                                             rtl=rtl))
+    elif stage == "deep":
+        for number, case in enumerate(fuzz.deep_cases(seed, config_name)):
+            yield f"deep case {number}", (lambda rtl, case=case: fuzz.check_case(case, rtl=rtl))
+    elif stage == "reach":
+        for bits in reach_bits:
+            for kind in reach.KINDS:
+                # Built when checked: a 2**26 image is a gigabyte.
+                yield f"reach {kind} 2**{bits}", (lambda rtl, kind=kind, bits=bits: reach.check_reach(
+                    reach.make_reach(kind, bits, fuzz.CONFIGS[config_name], seed), rtl))
+    else:
+        raise ValueError(f"kill-check stage {stage!r}: choose from {', '.join(STAGES)}")
+
+
+def kill_check(config_name: str, verilog: Path, programs: int, seed: int, build_dir: Path | None = None, *,
+               stages=("fuzz",), reach_bits=REACH_BITS) -> dict:
+    """Build ``verilog`` and run the ``stages`` (:data:`STAGES`) on it until a case fails: {killed, by, stage,
+    case, detail, cases, build_s, seconds}. ``fuzz``: ``programs`` cases of :func:`sim.fuzz.make_case`; ``deep``:
+    :func:`sim.fuzz.deep_cases` (epilogue and STORE back-pressure programs); ``reach``: the programs of
+    :mod:`sim.reach` at each of ``2**reach_bits`` instructions. ``cases`` counts the cases run."""
+    from . import fuzz, reach
     from .verilator_backend import NOPGO, AxiProtocolError, SimulationTimeout, VerilatorAccelerator
 
     start = time.monotonic()
     rtl = VerilatorAccelerator(fuzz.CONFIGS[config_name], options=NOPGO, verilog=verilog, log=None,
                                build_dir=build_dir)
     build_s = time.monotonic() - start
+    checked = 0
     try:
-        for index in range(programs):
-            case = fuzz.make_case(seed, index, config_name)
-            try:
-                fuzz.check_case(case, rtl=rtl)
-            except fuzz.GeneratorError:
-                continue
-            except fuzz.Mismatch as exc:
-                return {"killed": True, "by": "mismatch", "detail": str(exc)[:300], "cases": index + 1,
-                        "build_s": build_s}
-            except SimulationTimeout as exc:
-                return {"killed": True, "by": "watchdog", "detail": f"case {index}: {exc}"[:300], "cases": index + 1,
-                        "build_s": build_s}
-            except AxiProtocolError as exc:
-                return {"killed": True, "by": "axi-protocol", "detail": f"case {index}: {exc}"[:300],
-                        "cases": index + 1, "build_s": build_s}
-            except RuntimeError as exc:     # the harness's own checks (e.g. irq without DONE): a driver sees it
-                return {"killed": True, "by": "harness", "detail": f"case {index}: {exc}"[:300],
-                        "cases": index + 1, "build_s": build_s}
-        return {"killed": False, "cases": programs, "build_s": build_s}
+        for stage in stages:
+            for label, check in _stage_cases(stage, config_name, programs, seed, reach_bits):
+                checked += 1
+                killed = None
+                try:
+                    check(rtl)
+                except fuzz.GeneratorError:
+                    continue
+                except (fuzz.Mismatch, reach.ReachMismatch) as exc:
+                    killed = ("mismatch", str(exc))
+                except SimulationTimeout as exc:
+                    killed = ("watchdog", f"{label}: {exc}")
+                except AxiProtocolError as exc:
+                    killed = ("axi-protocol", f"{label}: {exc}")
+                except RuntimeError as exc:     # the harness's own checks (e.g. irq without DONE): a driver sees it
+                    killed = ("harness", f"{label}: {exc}")
+                if killed:
+                    return {"killed": True, "by": killed[0], "stage": stage, "case": label,
+                            "detail": killed[1][:300], "cases": checked, "build_s": build_s,
+                            "seconds": time.monotonic() - start}
+        return {"killed": False, "cases": checked, "build_s": build_s, "seconds": time.monotonic() - start}
     finally:
         rtl.close()
 
@@ -198,11 +248,12 @@ def score(results: list[dict]) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| # | mutation (mode cell.port[bit]) | hw/ source | result | detail | s |", "|---|---|---|---|---|---|"]
+    lines = ["| # | mutation (mode cell.port[bit]) | hw/ source | result | stage | detail | s |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         detail = r.get("detail", "").replace("|", "\\|")[:120]
-        lines.append(f"| {r['index']} | `{r['mutation']}` | {', '.join(r['hw_src'])} | {r['status']} | {detail} "
-                     f"| {r['seconds']:.0f} |")
+        lines.append(f"| {r['index']} | `{r['mutation']}` | {', '.join(r['hw_src'])} | {r['status']} "
+                     f"| {r.get('stage', '')} | {detail} | {r['seconds']:.0f} |")
     s = score(results)
     if s["score"] is not None:
         lines += ["", f"Score: {s['killed']} of {s['observable']} netlist mutants killed ({100 * s['score']:.1f}%); "
@@ -210,27 +261,118 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: give comma-separated integers, e.g. 20,26") from None
+    if not values:
+        raise ValueError(f"{what} {text!r}: give at least one integer")
+    return values
+
+
+def check_mutant(index: int, mutation: NetlistMutation | None, path: Path, reference: str, config: str, programs: int,
+                 seed: int, stages, reach_bits) -> dict:
+    """The record of one mutant (``mutation`` None: the unmutated netlist ``path``): optimised-away, build-error,
+    killed (by, stage, case) or survived. Runs in a pool worker."""
+    from .verilator_backend import VerilatorBuildError
+
+    t0 = time.monotonic()
+    if mutation is None:
+        record = {"index": None, "mutation": "unmutated"}
+    else:
+        record = {"index": index, "mutation": mutation.name, **asdict(mutation), "hw_src": mutation.hw_sources(),
+                  "command": mutation.command()}
+    if path.with_suffix(".noopt").exists():
+        record["opt"] = "failed; built unoptimised"
+    if mutation is not None and "opt" not in record and canonical_verilog(path.read_text()) == reference:
+        record.update(status="optimised-away", detail="opt makes the netlist equal to the original")
+    else:
+        try:
+            outcome = kill_check(config, path, programs, seed, stages=stages, reach_bits=reach_bits)
+        except VerilatorBuildError as exc:     # a mutant Verilator rejects: reported, not a kill
+            outcome = {"killed": None, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+        if outcome["killed"] is None:
+            record.update(status="build-error", detail=outcome["detail"])
+        elif outcome["killed"]:
+            record.update(status="killed", killed_by=outcome["by"], stage=outcome["stage"], case=outcome["case"],
+                          detail=outcome["detail"], cases=outcome["cases"], build_s=round(outcome["build_s"], 1))
+        else:
+            record.update(status="survived", detail=f"passed all {outcome['cases']} cases ({', '.join(stages)})",
+                          cases=outcome["cases"], build_s=round(outcome["build_s"], 1))
+    record["stages"] = list(stages)
+    if "reach" in stages:
+        record["reach_bits"] = list(reach_bits)
+    record["seconds"] = round(time.monotonic() - t0, 1)
+    return record
+
+
+def _earlier_results(out: Path, header: dict, rerun: set[int]) -> list[dict]:
+    """The records of ``out`` (a report of the same campaign: config, seed, netlist, programs) for the mutants
+    not in ``rerun``, so a ``--mutants`` run updates its rows of the report instead of replacing it."""
+    if not out.is_file():
+        return []
+    try:
+        earlier = json.loads(out.read_text())
+    except json.JSONDecodeError:
+        return []
+    if any(earlier.get(k) != v for k, v in header.items() if k in ("config", "seed", "programs")) or \
+            earlier.get("netlist", len(earlier.get("results", []))) != header["netlist"]:
+        return []
+    kept = []
+    for r in earlier.get("results", []):
+        if r["index"] in rerun:
+            continue
+        r.setdefault("stages", ["fuzz"])            # reports before the stages were recorded ran the fuzz slice
+        if r["status"] == "killed":
+            r.setdefault("stage", "fuzz")
+        kept.append(r)
+    return kept
+
+
 def main(argv=None) -> int:
+    import concurrent.futures
     import os
 
     from . import fuzz
-    from .verilator_backend import VerilatorBuildError
 
+    env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m sim.netlist_mutation", description=__doc__.splitlines()[0])
-    parser.add_argument("--netlist", type=int, default=int(os.environ.get("NETLIST_MUTANTS") or 30),
+    parser.add_argument("--netlist", type=int, default=int(env("NETLIST_MUTANTS") or 30),
                         help="number of netlist mutants (mutate -list N; default 30)")
-    parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED") or 1),
+    parser.add_argument("--seed", type=int, default=int(env("SEED") or 1),
                         help="seed of mutate -list and of the fuzz cases")
     parser.add_argument("--config", default="2x2", help=f"fuzz configuration, one of {', '.join(fuzz.CONFIGS)}")
     parser.add_argument("--programs", type=int, default=300, help="fuzz cases of the kill check per mutant")
+    parser.add_argument("--stages", default=env("STAGES") or ",".join(STAGES),
+                        help=f"kill-check stages in order, a comma-separated subset of {','.join(STAGES)} (default all)")
+    parser.add_argument("--reach", default=env("REACH") or ",".join(map(str, REACH_BITS)),
+                        help="reaches of the reach stage as powers of two, in order (default "
+                             f"{','.join(map(str, REACH_BITS))}; 8 .. 28)")
+    parser.add_argument("--mutants", default=env("NETLIST_ONLY") or "",
+                        help="only these indices of the listed mutations, comma-separated (default all)")
+    parser.add_argument("--workers", type=int, default=int(env("WORKERS") or os.cpu_count() or 1),
+                        help="local process pool size (default one per core)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--work", default=str(ROOT / "build" / "netlist_mutation"))
     args = parser.parse_args(argv)
-    if args.config not in fuzz.CONFIGS:
-        print(f"mutate-netlist: --config {args.config!r}: choose one of {', '.join(fuzz.CONFIGS)}", file=sys.stderr)
-        return 2
-    if args.netlist < 1 or args.programs < 1:
-        print("mutate-netlist: --netlist and --programs must be at least 1", file=sys.stderr)
+    try:
+        if args.config not in fuzz.CONFIGS:
+            raise ValueError(f"--config {args.config!r}: choose one of {', '.join(fuzz.CONFIGS)}")
+        if args.netlist < 1 or args.programs < 1 or args.workers < 1:
+            raise ValueError("--netlist, --programs and --workers must be at least 1")
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        if not stages or any(s not in STAGES for s in stages):
+            raise ValueError(f"--stages {args.stages!r}: choose from {', '.join(STAGES)}")
+        reach_bits = _parse_ints(args.reach, "--reach")
+        if any(not 8 <= b <= 28 for b in reach_bits):
+            raise ValueError(f"--reach {args.reach!r}: each reach is 8 .. 28 (2**28 instructions are 4 GiB of code)")
+        only = set(_parse_ints(args.mutants, "--mutants")) if args.mutants else None
+        if only and any(not 0 <= i < args.netlist for i in only):
+            raise ValueError(f"--mutants {args.mutants!r}: indices are 0 .. {args.netlist - 1} (--netlist "
+                             f"{args.netlist})")
+    except ValueError as exc:
+        print(f"mutate-netlist: {exc}", file=sys.stderr)
         return 2
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -239,49 +381,51 @@ def main(argv=None) -> int:
     mutations = prepare(source, work / "yosys", args.netlist, args.seed)
     original, mutants = apply_all(work / "yosys", mutations)
     print(f"mutate-netlist: {len(mutations)} mutations of the {args.config} netlist listed and applied in "
-          f"{time.monotonic() - start:.0f} s", flush=True)
-    base = kill_check(args.config, original, args.programs, args.seed)
-    if base["killed"]:
-        print(f"mutate-netlist: the UNMUTATED round-trip netlist fails the kill check ({base['detail']}): the flow "
-              f"is broken, not the design", file=sys.stderr)
-        return 1
-    print(f"mutate-netlist: the unmutated netlist passes {args.programs} cases (build {base['build_s']:.0f} s)",
-          flush=True)
+          f"{time.monotonic() - start:.0f} s; stages {', '.join(stages)}"
+          + (f" (reach 2**{', 2**'.join(map(str, reach_bits))})" if "reach" in stages else "")
+          + f", {args.workers} workers", flush=True)
     reference = canonical_verilog(original.read_text())
+    chosen = [i for i in range(len(mutations)) if only is None or i in only]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, (m, path) in enumerate(zip(mutations, mutants)):
-        t0 = time.monotonic()
-        record = {"index": i, "mutation": m.name, **asdict(m), "hw_src": m.hw_sources(), "command": m.command()}
-        if path.with_suffix(".noopt").exists():
-            record["opt"] = "failed; built unoptimised"
-        if "opt" not in record and canonical_verilog(path.read_text()) == reference:
-            record.update(status="optimised-away", detail="opt makes the netlist equal to the original")
-        else:
-            try:
-                outcome = kill_check(args.config, path, args.programs, args.seed)
-            except VerilatorBuildError as exc:     # a mutant Verilator rejects: reported, not a kill
-                outcome = {"killed": None, "detail": f"{type(exc).__name__}: {exc}"[:300]}
-            if outcome["killed"] is None:
-                record.update(status="build-error", detail=outcome["detail"])
-            elif outcome["killed"]:
-                record.update(status="killed", killed_by=outcome["by"], detail=outcome["detail"],
-                              cases=outcome["cases"], build_s=round(outcome["build_s"], 1))
-            else:
-                record.update(status="survived", detail=f"passed all {outcome['cases']} cases",
-                              cases=outcome["cases"], build_s=round(outcome["build_s"], 1))
-        record["seconds"] = round(time.monotonic() - t0, 1)
-        results.append(record)
-        print(f"[{i + 1}/{len(mutations)} {time.monotonic() - start:5.0f}s] {m.name}: {record['status']} "
-              f"({record['seconds']:.0f} s) {record.get('detail', '')[:100]}", flush=True)
-        out.write_text(json.dumps({"config": args.config, "seed": args.seed, "programs": args.programs,
-                                   "score": score(results), "results": results}, indent=1) + "\n")
+    header = {"config": args.config, "seed": args.seed, "programs": args.programs, "netlist": args.netlist}
+    results = _earlier_results(out, header, set(chosen)) if only is not None else []
+    if results:
+        print(f"mutate-netlist: keeping {len(results)} rows of {out} for the mutants not re-run", flush=True)
+    base = None
+    common = (reference, args.config, args.programs, args.seed, stages, reach_bits)
+    with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
+        # The unmutated netlist goes through every stage too, first in the queue: if it fails, the flow is wrong.
+        futures = {pool.submit(check_mutant, -1, None, original, *common): None}
+        futures.update({pool.submit(check_mutant, i, mutations[i], mutants[i], *common): i for i in chosen})
+        for future in concurrent.futures.as_completed(futures):
+            record = future.result()
+            if futures[future] is None:
+                base = record
+                if record["status"] != "survived":
+                    for f in futures:
+                        f.cancel()
+                    print(f"mutate-netlist: the UNMUTATED round-trip netlist fails the kill check "
+                          f"({record.get('detail')}): the flow is broken, not the design", file=sys.stderr)
+                    return 1
+                print(f"mutate-netlist: the unmutated netlist passes all {record['cases']} cases "
+                      f"({record['seconds']:.0f} s)", flush=True)
+                continue
+            results.append(record)
+            results.sort(key=lambda r: r["index"])
+            done = sum(r["index"] in chosen for r in results)
+            print(f"[{done}/{len(chosen)} {time.monotonic() - start:5.0f}s] #{record['index']} "
+                  f"{record['mutation']}: {record['status']}"
+                  + (f" by {record['stage']}" if record["status"] == "killed" else "")
+                  + f" ({record['seconds']:.0f} s) {record.get('detail', '')[:100]}", flush=True)
+            out.write_text(json.dumps({**header, "stages": stages, "reach_bits": reach_bits,
+                                       "score": score(results), "results": results}, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(results))
     s = score(results)
     print(f"mutate-netlist: {s['killed']} of {s['observable']} observable netlist mutants killed, "
           f"{s['optimised_away']} optimised away, {s['build_error']} build errors; survivors: "
-          + (", ".join(r["mutation"] for r in results if r["status"] == "survived") or "none"))
+          + (", ".join(f"#{r['index']} {r['mutation']}" for r in results if r["status"] == "survived") or "none")
+          + f" ({time.monotonic() - start:.0f} s)")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

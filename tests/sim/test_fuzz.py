@@ -67,6 +67,23 @@ def test_cases_are_a_pure_function_of_seed_and_index():
     assert fuzz.make_case(5, 18, "4x4").words != a.words
 
 
+@pytest.mark.parametrize("config", ["2x2", "4x4"])
+def test_deep_cases_match_and_are_a_pure_function_of_seed(config):
+    """The netlist tier's deep stage: epilogue and STORE back-pressure programs, legal and race-free, equal on the
+    RTL, the golden simulator and the cycle model; drawn from their own stream (not make_case's)."""
+    cases = list(fuzz.deep_cases(SEED, config))
+    assert len(cases) == fuzz.DEEP_EPILOGUE_CASES + fuzz.DEEP_STORE_CASES
+    assert Counter(c.layout for c in cases) == {"deep epilogue": fuzz.DEEP_EPILOGUE_CASES,
+                                               "deep store": fuzz.DEEP_STORE_CASES}
+    again = list(fuzz.deep_cases(SEED, config))
+    assert all(a.words == b.words and np.array_equal(a.dram, b.dram) and a.latency == b.latency
+               for a, b in zip(cases, again))
+    assert cases[0].words != fuzz.make_case(SEED, 0, config).words
+    for case in cases[:: 1 if config == "2x2" else 4]:
+        summary = fuzz.check_case(case)
+        assert summary["error"] == "NONE", f"seed {SEED} {config} deep case {case.index}: {summary}"
+
+
 def test_every_illegal_kind_gives_its_fault():
     """Over enough cases each corruption kind appears and the expected error codes all occur."""
     seen = Counter()
