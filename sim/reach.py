@@ -188,7 +188,11 @@ def check_reach(case: ReachCase, rtl, *, max_cycles: int | None = None) -> dict:
                      write_latency=case.write_latency)
     problems = []
     if result.error != golden.error:
-        problems.append(f"error {result.error} on the RTL, {golden.error.name} on the golden simulator")
+        try:
+            got_error = ErrorCode(result.error).name
+        except ValueError:
+            got_error = f"code {result.error}"
+        problems.append(f"error {got_error} on the RTL, {golden.error.name} on the golden simulator")
     elif result.error_index != golden.error_index:
         problems.append(f"ERROR_INDEX {result.error_index:,} on the RTL, {golden.error_index:,} on the golden "
                         "simulator")
