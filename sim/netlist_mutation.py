@@ -345,7 +345,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="2x2", help=f"fuzz configuration, one of {', '.join(fuzz.CONFIGS)}")
     parser.add_argument("--programs", type=int, default=300, help="fuzz cases of the kill check per mutant")
     parser.add_argument("--stages", default=env("STAGES") or ",".join(STAGES),
-                        help=f"kill-check stages in order, a comma-separated subset of {','.join(STAGES)} (default all)")
+                        help=f"kill-check stages in order, a comma-separated subset of {','.join(STAGES)} "
+                             "(default all)")
     parser.add_argument("--reach", default=env("REACH") or ",".join(map(str, REACH_BITS)),
                         help="reaches of the reach stage as powers of two, in order (default "
                              f"{','.join(map(str, REACH_BITS))}; 8 .. 28)")

@@ -22,7 +22,8 @@ Five kernels, each placed at a reach of ``2**bits``:
     token) and its STORE, before a LOAD that faults at once at ``f = 2**(bits-1) + 8`` (bits 4 .. bits-2 of
     their indices clear): the error arrives while the first STORE writes its 16 rows and the second MATMUL and
     STORE wait for their tokens, so an index bit stuck at 1 there makes them look younger than ``f``: one is
-    dropped, and its rows miss in DRAM or the other waits for its token forever (the watchdog). (An instruction that has started runs to completion whatever its index.)
+    dropped, and its rows miss in DRAM or the other waits for its token forever (the watchdog). (An instruction
+    that has started runs to completion whatever its index, so the kernel makes them wait.)
 ``store``
     The chain, then a raw STORE of its 16 rows whose last row's first word answers SLVERR, at ``f = 2**bits - 16``:
     BUS_ERROR_STORE at ``f`` once all its rows are written. A unit whose index register has a high bit stuck or
