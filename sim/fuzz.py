@@ -49,8 +49,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -520,16 +520,30 @@ def _epilogue_case(rng, seed, index, config_name) -> FuzzCase:
                              stride=width, dram_addr=out, pop_prev=e == 0))
         out += count * width + int(rng.integers(0, 64))
     program.append(Halt())
+    case = _legal_case(rng, seed, index, config_name, program, dram, "epilogue")
+    if rng.random() < 0.5:      # the second run's slow writes stall the epilogue: its skid buffer holds rows
+        case.latency = _slow_memory(rng, read_max=12)
+    return case
+
+
+def _legal_case(rng, seed, index, config_name, program, dram, layout) -> FuzzCase:
+    """A legal case of ``program`` (ending in HALT) on ``dram``, placed at a random 16-byte aligned address below
+    ``_PROG_LIMIT``."""
     words = [encode(i) for i in program]
     prog_addr = 16 * int(rng.integers(0, (_PROG_LIMIT - 16 * (len(words) + 300)) // 16))
     case = FuzzCase(config_name, seed, index, "legal", words, dram, prog_addr, len(words))
-    case.layout = "epilogue"
-    if rng.random() < 0.5:      # the second run's slow writes stall the epilogue: its skid buffer holds rows
-        case.latency = {"read_latency": int(rng.integers(0, 12)), "write_latency": int(rng.integers(0, 24)),
-                        "max_outstanding": int(rng.integers(1, 9)),
-                        "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
-        case.latency["backpressure"][0] = False
+    case.layout = layout
     return case
+
+
+def _slow_memory(rng, *, read_max: int) -> dict:
+    """A second run's memory: read latency below ``read_max``, write latency below 24, 1-8 bursts outstanding and a
+    stall pattern of 7-199 cycles stalling 20-70% of them (never the first)."""
+    latency = {"read_latency": int(rng.integers(0, read_max)), "write_latency": int(rng.integers(0, 24)),
+               "max_outstanding": int(rng.integers(1, 9)),
+               "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
+    latency["backpressure"][0] = False
+    return latency
 
 
 # ---- Deep cases: the heavier second stage of the netlist kill check ----------------------------------------------
@@ -546,19 +560,19 @@ def deep_cases(seed: int, config_name: str) -> Iterator[FuzzCase]:
     the mutants that survive the standard cases.
 
     * Epilogue programs (kind ``legal``, layout ``deep epilogue``) stress single bits of the requantization
-      datapath. Each of several rounds reloads both PARAM entries with parameters drawn so that the output is a
-      small, mostly unclamped number whose value hangs on single bits (:func:`_visible_entry`): after a left shift
-      of 0..20 the multiplier is chosen for ``|y|`` of 1..128, so a carry into product bit 30 or one multiplier LSB
-      moves an output by one; after a right shift of 1..20 the rounding addend decides it; and half the entries
-      put ``act_min``/``act_max`` a few steps from the zero point, so outputs land just beside the clamp bounds.
-      Every round stores all rows with each entry (int8, all columns) and once raw.
-    * STORE back-pressure programs (layout ``deep store``) make the STORE read side's skid buffer hold rows in
-      its side register: the register catches a row only when the epilogue pipeline (12 rows), its main register
-      and the STORE unit's two row registers are all full, so only a STORE of ``count >= latency + 4`` rows
-      (16 on the 2x2: its whole accumulator) under a write stall of that length reaches it. Each program stores
-      all ``acc_depth`` rows many times back to back, int8 with random parameters (and some raw), and its second
-      run writes through a memory that accepts one or two write bursts at a time with a write latency of 12..40
-      cycles and long runs of stall cycles (every row waits; the engine's side of the STORE path fills).
+      datapath. Each of several rounds reloads the PARAM entries (at most 8) with parameters drawn so that the
+      output is a small, mostly unclamped number whose value hangs on single bits (:func:`_visible_entry`): after a
+      left shift of 0..20 the multiplier is chosen for ``|y|`` of 1..128, so a carry into product bit 30 or one
+      multiplier LSB moves an output by one; after a right shift of 1..20 the rounding addend decides it; and half
+      the entries put ``act_min``/``act_max`` a few steps from the zero point, so outputs land just beside the clamp
+      bounds. Every round stores all rows with each entry (int8, all columns) and once raw.
+    * STORE back-pressure programs (layout ``deep store``) make the STORE read side's skid buffer hold rows in its
+      side register: the register catches a row only when the epilogue pipeline (12 rows), its main register and the
+      STORE unit's two row registers are all full, so only a STORE of ``count >= latency + 4`` rows (16 on the 2x2:
+      its whole accumulator) under a write stall of that length reaches it. Each program stores ``min(acc_depth,
+      act_depth, 32)`` rows many times back to back, int8 with random parameters (and some raw), and its second run
+      writes through a memory that accepts one or two write bursts at a time with a write latency of 12..40 cycles
+      and long runs of stall cycles (every row waits; the engine's side of the STORE path fills).
     """
     for index in range(DEEP_EPILOGUE_CASES):
         rng = np.random.default_rng([seed, index, list(CONFIGS).index(config_name), 7])
@@ -616,8 +630,13 @@ def _ordered(config, instructions) -> list:
     return emitter.finish()
 
 
+def _deep_entries(config) -> int:
+    """PARAM entries a deep program reloads each round: all of them, at most 8 (the 8x8 has 64)."""
+    return min(config.param_depth, 8)
+
+
 def _deep_program(rng, config, dram, *, count, rounds, stores, raw_every):
-    """LOAD ACT/WGT, a MATMUL of ``count`` rows, then ``rounds`` times: LOAD both PARAM entries (fresh
+    """LOAD ACT/WGT, a MATMUL of ``count`` rows, then ``rounds`` times: LOAD the PARAM entries (fresh
     :func:`_visible_entry` draws) and ``stores`` int8 STOREs of all rows, entries alternating, and a raw STORE
     every ``raw_every``-th."""
     rows, cols = config.rows, config.cols
@@ -629,8 +648,8 @@ def _deep_program(rng, config, dram, *, count, rounds, stores, raw_every):
     at += rows * cols
     program.append(Matmul(act_addr=0, wgt_addr=0, acc_addr=0, count=count, k_rows=int(rng.integers(1, rows + 1))))
     out = _STORE_BASE
+    entries = _deep_entries(config)
     for _ in range(rounds):
-        entries = config.param_depth
         for e in range(entries):
             blob = _visible_entry(rng, cols)
             dram[at + e * entry_bytes:at + (e + 1) * entry_bytes] = np.frombuffer(blob, dtype=np.uint8)
@@ -649,26 +668,17 @@ def _deep_program(rng, config, dram, *, count, rounds, stores, raw_every):
     return _ordered(config, program)
 
 
-def _deep_case(rng, seed, index, config_name, program, dram, layout) -> FuzzCase:
-    words = [encode(i) for i in program]
-    prog_addr = 16 * int(rng.integers(0, (_PROG_LIMIT - 16 * (len(words) + 300)) // 16))
-    case = FuzzCase(config_name, seed, index, "legal", words, dram, prog_addr, len(words))
-    case.layout = layout
-    return case
-
-
 def _deep_epilogue_case(rng, seed, index, config_name) -> FuzzCase:
     config = CONFIGS[config_name]
     dram = rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8)
-    count = int(rng.integers(max(1, config.acc_depth // 2), min(config.acc_depth, config.act_depth, 32) + 1))
-    program = _deep_program(rng, config, dram, count=count, rounds=int(rng.integers(3, 6)),
-                            stores=config.param_depth + 1, raw_every=config.param_depth + 1)
-    case = _deep_case(rng, seed, index, config_name, program, dram, "deep epilogue")
+    most = min(config.acc_depth, config.act_depth, 32)
+    count = int(rng.integers(max(1, most // 2), most + 1))
+    entries = _deep_entries(config)
+    program = _deep_program(rng, config, dram, count=count, rounds=int(rng.integers(3, 6)), stores=entries + 1,
+                            raw_every=entries + 1)
+    case = _legal_case(rng, seed, index, config_name, program, dram, "deep epilogue")
     if rng.random() < 0.3:
-        case.latency = {"read_latency": int(rng.integers(0, 8)), "write_latency": int(rng.integers(0, 24)),
-                        "max_outstanding": int(rng.integers(1, 9)),
-                        "backpressure": (rng.random(int(rng.integers(7, 200))) < rng.uniform(0.2, 0.7)).tolist()}
-        case.latency["backpressure"][0] = False
+        case.latency = _slow_memory(rng, read_max=8)
     return case
 
 
@@ -686,7 +696,7 @@ def _deep_store_case(rng, seed, index, config_name) -> FuzzCase:
     count = min(config.acc_depth, config.act_depth, 32)
     program = _deep_program(rng, config, dram, count=count, rounds=int(rng.integers(1, 3)),
                             stores=int(rng.integers(6, 11)), raw_every=int(rng.choice([0, 4, 5])))
-    case = _deep_case(rng, seed, index, config_name, program, dram, "deep store")
+    case = _legal_case(rng, seed, index, config_name, program, dram, "deep store")
     case.latency = {"read_latency": int(rng.integers(0, 6)), "write_latency": int(rng.integers(12, 41)),
                     "max_outstanding": int(rng.integers(1, 3)),
                     "backpressure": _stall_runs(rng) if rng.random() < 0.5 else None}

@@ -157,6 +157,14 @@ def apply_all(work: Path, mutations: list[NetlistMutation]) -> tuple[Path, list[
     return work / "original.v", paths
 
 
+def find_cells(design: str, cell_type: str, connection: str) -> list[str]:
+    """Names of the ``cell_type`` cells (e.g. ``$dff``) of RTLIL text ``design`` (``base.il``) with the line
+    ``connection`` (e.g. ``connect \\Q \\fetch.remaining``): a mutation placed by structure, not by Yosys's
+    numbered cell names, which change with every edit of hw/."""
+    pattern = rf"^  cell {re.escape(cell_type)} (\S+)\n(.*?)^  end$"
+    return [name for name, body in re.findall(pattern, design, re.S | re.M) if f"    {connection}\n" in body]
+
+
 #: The kill check's stages, cheapest first; a mutant meets the next only if it survives the ones before.
 STAGES = ("fuzz", "deep", "reach")
 #: Default reaches of the ``reach`` stage, in order: instruction indices and PROG_LEN up to 2**20 (about 4.7 M
@@ -393,7 +401,6 @@ def main(argv=None) -> int:
     results = _earlier_results(out, header, set(chosen)) if only is not None else []
     if results:
         print(f"mutate-netlist: keeping {len(results)} rows of {out} for the mutants not re-run", flush=True)
-    base = None
     common = (reference, args.config, args.programs, args.seed, stages, reach_bits)
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
         # The unmutated netlist goes through every stage too, first in the queue: if it fails, the flow is wrong.
@@ -402,7 +409,6 @@ def main(argv=None) -> int:
         for future in concurrent.futures.as_completed(futures):
             record = future.result()
             if futures[future] is None:
-                base = record
                 if record["status"] != "survived":
                     for f in futures:
                         f.cancel()

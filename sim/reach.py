@@ -52,7 +52,7 @@ import numpy as np
 from hw.isa import (INSTRUCTION_BYTES, Buffer, ErrorCode, HardwareConfig, Halt, Load, Matmul, Store, Sync, Unit,
                     encode)
 
-__all__ = ["KINDS", "ReachCase", "make_reach", "reach_cases", "check_reach"]
+__all__ = ["KINDS", "ReachCase", "ReachMismatch", "make_reach", "check_reach"]
 
 KINDS = ("early", "late", "store", "store-slow", "overrun")
 #: Where the kernels' data lie (the program starts at 64 KiB, above it).
@@ -153,12 +153,6 @@ def make_reach(kind: str, bits: int, config: HardwareConfig, seed: int = 1) -> R
     bus_errors = [(bad // word * word, bad // word * word + word, "slverr")]
     return ReachCase(kind, bits, config, pad, kernel, pad + len(kernel), data, bus_errors,
                      write_latency=int(kind == "store-slow"))
-
-
-def reach_cases(bits: int, config: HardwareConfig, seed: int = 1):
-    """The kernels of :data:`KINDS` at ``2**bits``."""
-    for kind in KINDS:
-        yield make_reach(kind, bits, config, seed)
 
 
 class ReachMismatch(AssertionError):

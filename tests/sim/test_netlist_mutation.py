@@ -3,7 +3,6 @@ applicable mutations, the unmutated round-trip netlist passing the fuzz slice, a
 mutants killed by it: ``irq`` stuck at 0, and the register block's R handshake ignoring RREADY (killed only by the
 host that stalls its READYs)."""
 
-import re
 import shutil
 
 import pytest
@@ -52,9 +51,9 @@ def test_netlist_mutants_apply_and_a_stuck_irq_is_killed(tmp_path):
     # before the host takes it, and its read times out.
     # The cell is found by structure (the AND in csr that takes the top's csr__r__ready), not by its numbered name.
     design = (tmp_path / "irq" / "base.il").read_text()
-    (cell,) = [c for c in re.findall(r"^  cell \$and (\S+)\n(.*?)^  end$", design, re.S | re.M)
-               if c[0].startswith("$flatten\\csr.") and "connect \\B \\csr__r__ready\n" in c[1]]
-    r_ready = nm.NetlistMutation("const1", "accelerator", cell[0], "B", 0)
+    (cell,) = [c for c in nm.find_cells(design, "$and", "connect \\B \\csr__r__ready")
+               if c.startswith("$flatten\\csr.")]
+    r_ready = nm.NetlistMutation("const1", "accelerator", cell, "B", 0)
     (tmp_path / "rready").mkdir()
     shutil.copyfile(tmp_path / "irq" / "base.il", tmp_path / "rready" / "base.il")
     _, (mutant,) = nm.apply_all(tmp_path / "rready", [r_ready])
@@ -70,8 +69,7 @@ def test_deep_stage_kills_a_fault_in_the_store_skid_buffers_side_register(tmp_pa
     verilog = nm._accelerator_verilog("2x2", tmp_path / "generated")
     nm.prepare(verilog, tmp_path / "base", 1, SEED)
     design = (tmp_path / "base" / "base.il").read_text()
-    (cell,) = [name for name, body in re.findall(r"^  cell \$dff (\S+)\n(.*?)^  end$", design, re.S | re.M)
-               if "connect \\Q \\engine.st_side_acc\n" in body]
+    (cell,) = nm.find_cells(design, "$dff", "connect \\Q \\engine.st_side_acc")
     _, (mutant,) = nm.apply_all(tmp_path / "base", [nm.NetlistMutation("inv", "accelerator", cell, "Q", 1)])
     killed = nm.kill_check("2x2", mutant, 0, SEED, stages=("deep",))
     assert killed["killed"] and killed["stage"] == "deep" and "deep" in killed["detail"], \

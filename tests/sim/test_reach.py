@@ -4,7 +4,6 @@ for, placed at a low bit so the test stays small (2**13 instructions; the campai
 where the same kinds kill the high-bit mutants of docs/verification.md). The mutants are found by structure (the
 flip-flop whose Q is the named register), not by Yosys's numbered cell names."""
 
-import re
 import shutil
 
 import pytest
@@ -49,8 +48,7 @@ def flattened(tmp_path_factory):
 
 
 def _register_cell(design: str, q: str) -> str:
-    (cell,) = [name for name, body in re.findall(r"^  cell \$dff (\S+)\n(.*?)^  end$", design, re.S | re.M)
-               if f"connect \\Q \\{q}\n" in body]
+    (cell,) = nm.find_cells(design, "$dff", f"connect \\Q \\{q}")
     return cell
 
 
