@@ -11,7 +11,6 @@ import pytest
 from sw import mnist
 from sw.mnist import FILES, SHA256, MnistError, images_to_float, load_mnist, read_idx
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 EMBEDDED = Path(mnist.__file__).parent / "data" / "mnist"
 
 
@@ -48,22 +47,22 @@ def test_embedded_test_split_is_the_canonical_one(no_download):
     assert hashlib.sha256(idx_bytes(labels)).hexdigest() == SHA256["t10k-labels-idx1-ubyte"]
 
 
-def test_embedded_copy_matches_shared_files():
+def test_embedded_copy_matches_shared_files(shared_mnist):
     for name in FILES["test"]:
         embedded = gzip.decompress((EMBEDDED / f"{name}.gz").read_bytes())
         assert hashlib.sha256(embedded).hexdigest() == SHA256[name], name
-        shared = gzip.decompress((SHARED / f"{name}.gz").read_bytes())
+        shared = gzip.decompress((shared_mnist / f"{name}.gz").read_bytes())
         assert embedded == shared, name
 
 
-def test_hash_table_matches_shared_readme():
-    readme = (SHARED / "README.md").read_text()
+def test_hash_table_matches_shared_readme(shared_mnist):
+    readme = (shared_mnist / "README.md").read_text()
     for name, digest in SHA256.items():
         assert f"{digest}  {name}" in readme, name
 
 
-def test_mnist_dir_train_split(monkeypatch, no_download):
-    monkeypatch.setenv("MNIST_DIR", str(SHARED))
+def test_mnist_dir_train_split(monkeypatch, shared_mnist, no_download):
+    monkeypatch.setenv("MNIST_DIR", str(shared_mnist))
     images, labels = load_mnist("train")
     assert images.shape == (60000, 28, 28) and labels.shape == (60000,)
     assert np.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -197,17 +196,17 @@ def test_label_count_mismatch(tmp_path):
 
 # --- download (offline: file:// mirrors) -----------------------------------------------------------------------------
 
-def make_mirror(tmp_path, split) -> str:
+def make_mirror(tmp_path, split, train_source=None) -> str:
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    source = SHARED if split == "train" else EMBEDDED
+    source = train_source if split == "train" else EMBEDDED
     for name in FILES[split]:
         shutil.copy(source / f"{name}.gz", mirror)
     return mirror.as_uri() + "/"
 
 
-def test_download_into_cache(monkeypatch, tmp_path, no_download):
-    monkeypatch.setenv("MNIST_MIRROR", make_mirror(tmp_path, "train"))
+def test_download_into_cache(monkeypatch, tmp_path, shared_mnist, no_download):
+    monkeypatch.setenv("MNIST_MIRROR", make_mirror(tmp_path, "train", shared_mnist))
     images, labels = load_mnist("train")
     assert images.shape == (60000, 28, 28) and labels.shape == (60000,)
     cache = tmp_path / "cache" / "systolic8" / "mnist"

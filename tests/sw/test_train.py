@@ -15,7 +15,6 @@ from sw.train import (FLOAT_FORMAT, TorchNetwork, evaluate, export_float, main, 
                       torch_from_params, train)
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data" / "mnist"
 COMMITTED = ROOT / "models" / "mnist_float.npz"
 
 torch.set_num_threads(2)
@@ -147,9 +146,9 @@ def test_train_rejects_bad_arguments():
         train(mnist_cnn(), x, np.zeros(3, np.uint8))
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, shared_mnist):
     out = tmp_path / "m" / "cli.npz"
-    assert main(["--epochs", "0.5", "--subset", "256", "--out", str(out), "--mnist-dir", str(SHARED)]) == 0
+    assert main(["--epochs", "0.5", "--subset", "256", "--out", str(out), "--mnist-dir", str(shared_mnist)]) == 0
     printed = capsys.readouterr().out
     assert "training 256 images" in printed and "epoch 1: loss" in printed and "float test accuracy" in printed
     with np.load(out, allow_pickle=False) as npz:
